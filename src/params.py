@@ -1,0 +1,191 @@
+"""Read params.yaml once into typed, frozen dataclasses.
+
+Every stage calls `load_params()`. Unknown keys, missing keys, wrong types and out-of-range values
+raise `ParamsError` naming the key, before any work starts. Paths in params.yaml are relative to the
+repository root (the folder holding params.yaml) and are resolved here, in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = ROOT / "params.yaml"
+
+
+class ParamsError(UserError):
+    """A key of params.yaml is unknown, missing, of the wrong type or out of range."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> dict[str, Any]:
+    """Field metadata: allowed numeric range (closed unless *_open)."""
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+
+
+def _num(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    return field(metadata=_range(lo, hi, **kw))
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    seed: int = _num(0)
+
+
+@dataclass(frozen=True)
+class PathsParams:
+    """Every file and folder the stages share; dvc.yaml reads the same keys via ${paths.*}."""
+    synthetic_dir: Path
+    raw_dir: Path            # what preprocess reads: the synthetic set, or real BraTS 2024
+    preprocessed_dir: Path
+    metrics_dir: Path
+
+
+@dataclass(frozen=True)
+class SynthesizeParams:
+    patients: int = _num(1, 99999)
+    visits: int = _num(1, 10)          # each patient gets 1..visits visits
+    grid: tuple[int, int, int] = _num(16, 512)
+    spacing_mm: float = _num(0.5, 4.0)
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    workers: int = _num(1, 256)
+    on_error: Literal["fail", "skip"]
+    val_fraction: float = _num(0.0, 1.0, hi_open=True)
+    test_fraction: float = _num(0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class Params:
+    base: BaseParams
+    paths: PathsParams
+    # Adam's hyperparameters stay top-level so that `dvc exp run -S lr=...` works as users type it.
+    lr: float = _num(0.0, 1.0, lo_open=True)
+    weight_decay: float = _num(0.0, 1.0)
+    beta1: float = _num(0.0, 1.0, hi_open=True)
+    beta2: float = _num(0.0, 1.0, hi_open=True)
+    synthesize: SynthesizeParams
+    preprocess: PreprocessParams
+
+    def __post_init__(self) -> None:
+        if self.preprocess.val_fraction + self.preprocess.test_fraction >= 1.0:
+            raise ParamsError("preprocess.val_fraction + preprocess.test_fraction must be below 1 "
+                              "so that some patients are left for training")
+
+
+def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate params.yaml; `overrides` ({"synthesize.patients": 3}) is for tests and tools."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from a checkout of the repository") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys at the top level")
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    params = _build(Params, raw, prefix="")
+    return _resolve_paths(params, path.resolve().parent)
+
+
+def _resolve_paths(params: Params, root: Path) -> Params:
+    paths = {f.name: root / getattr(params.paths, f.name) for f in dataclasses.fields(PathsParams)}
+    return dataclasses.replace(params, paths=PathsParams(**paths))
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ParamsError(f"unknown key {prefix}{unknown[0]} in params.yaml; known keys here: "
+                          f"{', '.join(prefix + n for n in names)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if f.name not in raw:
+            raise ParamsError(f"missing key {key} in params.yaml")
+        values[f.name] = _convert(hints[f.name], raw[f.name], key, f.metadata)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ParamsError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):  # e.g. `X | None` in a later section
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, key, meta)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ParamsError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{key}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ParamsError(f"{key}: expected a path string, got {value!r}")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        return _check_range(value, key, meta)
+    if tp is float:
+        return _check_range(_to_float(value, key), key, meta)
+    raise TypeError(f"params.py cannot read type {tp} of {key}")  # a bug in this file, not in params
+
+
+def _to_float(value: Any, key: str) -> float:
+    # `dvc exp run -S lr=1e-5` writes `lr: 1e-05`, which YAML 1.1 (PyYAML) reads as a string.
+    if isinstance(value, bool):
+        raise ParamsError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ParamsError(f"{key}: expected a number, got the text {value!r}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_range(value: float, key: str, meta: Any) -> Any:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise ParamsError(f"{key}: {value!r} is out of range; must be {'>' if meta.get('lo_open') else '≥'} {lo}")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        raise ParamsError(f"{key}: {value!r} is out of range; must be {'<' if meta.get('hi_open') else '≤'} {hi}")
+    return value

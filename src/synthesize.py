@@ -1,0 +1,284 @@
+"""Stage `synthesize`: write a synthetic BraTS-2024-like dataset in the official layout.
+
+Real BraTS data is registration-gated, so the pipeline runs out of the box on cases made here:
+a skull-stripped brain (zero outside it) with white matter, grey matter and CSF; a post-treatment
+glioma with oedema (SNFH, bright on T2-FLAIR and T2), an enhancing rim (ET, bright on T1c), a
+necrotic core (NETC, dark on T1c, bright on T2) and, in some cases, a fluid-filled resection cavity
+(RC, CSF-like); FLAIR-bright white-matter lesions that are not tumour (T1-iso, unlike oedema);
+a bias field per modality, Rician noise and a scanner gain. No single modality separates the whole
+tumour by a threshold, so a model has to combine them.
+
+Patients get 1..`visits` visits that share anatomy while the tumour changes. Each case is drawn
+from its own seed (base.seed, patient, visit), and files are written without timestamps, so the
+same params give byte-identical files on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from brats import MODALITIES, SEG, case_id
+from errors import run_stage
+from nifti import write_nifti
+from params import SynthesizeParams, load_params
+
+# Signal of each tissue in (t1n, t1c, t2w, t2f), relative to white matter on T1 ~ 0.85.
+TISSUE_SIGNAL: dict[str, tuple[float, float, float, float]] = {
+    "wm":   (0.85, 0.80, 0.40, 0.50),
+    "gm":   (0.62, 0.60, 0.60, 0.66),
+    "csf":  (0.20, 0.18, 1.00, 0.12),
+    "wmh":  (0.82, 0.78, 0.72, 0.90),   # FLAIR-bright lesion that is not tumour: T1-iso
+    "vessel": (0.70, 1.15, 0.45, 0.45),  # enhancing vessels: bright on T1c only
+    "snfh": (0.56, 0.54, 0.80, 0.80),
+    "et":   (0.62, 1.10, 0.72, 0.78),
+    "netc": (0.40, 0.36, 0.92, 0.56),
+    "rc":   (0.22, 0.20, 0.98, 0.30),
+}
+TISSUES = tuple(TISSUE_SIGNAL)
+TISSUE_INDEX = {t: i for i, t in enumerate(TISSUES)}
+# World position (mm) of voxel (0, 0, 0) in FSL's MNI152 templates, at 1 mm and at 2 mm alike.
+MNI_CORNER_MM = (90.0, -126.0, -72.0)
+
+
+@dataclass(frozen=True)
+class Tumour:
+    centre_mm: np.ndarray     # (3,) position relative to the grid centre
+    radius_mm: float          # core (ET + NETC) radius
+    oedema_scale: float       # oedema radius / core radius
+    rim_mm: float             # ET rim thickness
+    has_et: bool
+    has_rc: bool
+    cavity_offset: np.ndarray  # (3,) unit vector from the tumour centre to the cavity
+
+
+def mni_affine(spacing: float) -> np.ndarray:
+    """FSL's MNI152 affine (LAS: x runs right to left) at isotropic `spacing`; any grid shares its corner."""
+    affine = np.diag([-spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = MNI_CORNER_MM
+    return affine
+
+
+def smooth_noise(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
+                 scale_mm: float) -> np.ndarray:
+    """Zero-mean, unit-std random field (float64) whose features are about `scale_mm` across.
+
+    White noise on a coarse lattice (one knot per `scale_mm`) blended by separable Gaussian weights:
+    much faster than filtering a full-size volume. float64 keeps the rounding in `render` identical
+    across CPUs and BLAS builds.
+    """
+    field = rng.standard_normal([int(np.ceil(n * spacing / scale_mm)) + 3 for n in grid])
+    for axis, n in enumerate(grid):
+        knots = np.arange(field.shape[axis])
+        position = np.arange(n) * spacing / scale_mm + 1.0    # in knot units
+        weights = np.exp(-0.5 * ((position[:, None] - knots[None, :]) / 0.8) ** 2)  # (n, knots)
+        field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
+    return (field - field.mean()) / (field.std() + 1e-12)
+
+
+def coordinates(grid: tuple[int, int, int], spacing: float) -> list[np.ndarray]:
+    """Millimetre offsets from the grid centre, broadcastable along each axis."""
+    axes = [(np.arange(n) - (n - 1) / 2) * spacing for n in grid]
+    return [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
+
+
+def soft(x: np.ndarray, width: float) -> np.ndarray:
+    """A smooth step from 1 (x << 0) to 0 (x >> 0): partial-volume edges instead of hard ones."""
+    return 1.0 / (1.0 + np.exp(np.clip(x / width, -30, 30)))
+
+
+def anatomy(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
+            xyz: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Brain mask, tissue fractions (T, X, Y, Z) for wm/gm/csf and normalised brain radius."""
+    semi = np.array([68.0, 86.0, 70.0]) * rng.uniform(0.88, 1.04) * rng.uniform(0.96, 1.04, 3)
+    shape_noise = smooth_noise(rng, grid, spacing, 40.0)
+    r = np.sqrt(sum((c / a) ** 2 for c, a in zip(xyz, semi))) * (1 + 0.04 * shape_noise)
+    brain = r < 1.0
+    folding = smooth_noise(rng, grid, spacing, 10.0)
+    sulcal_csf = 1 - soft(r - 0.955 - 0.02 * folding, 0.008)  # CSF shell under the brain surface
+    cortex = 1 - soft(r - 0.80 - 0.06 * folding, 0.015)
+    vents = np.zeros(grid, np.float64)
+    for side in (-1, 1):  # two lateral ventricles beside the midline
+        c = np.array([side * 10.0, 5.0, 12.0]) * rng.uniform(0.8, 1.2)
+        ax = np.array([7.0, 28.0, 10.0]) * rng.uniform(0.7, 1.3)
+        d = np.sqrt(sum(((x - ci) / ai) ** 2 for x, ci, ai in zip(xyz, c, ax)))
+        vents = np.maximum(vents, soft(d - 1.0, 0.08))
+    csf = np.clip(np.maximum(sulcal_csf, vents), 0, 1)
+    gm = np.clip(cortex * (1 - csf), 0, 1)
+    wm = np.clip(1 - csf - gm, 0, 1)
+    return brain, np.stack([wm, gm, csf]), r
+
+
+def draw_tumour(rng: np.random.Generator, brain_semi_frac: float = 0.55) -> Tumour:
+    """Tumour size, shape and position of one patient at its first visit."""
+    direction = rng.standard_normal(3)
+    direction /= np.linalg.norm(direction)
+    centre = direction * rng.uniform(0.15, brain_semi_frac) * np.array([68.0, 86.0, 70.0])
+    offset = rng.standard_normal(3)
+    return Tumour(
+        centre_mm=centre.astype(np.float64),
+        radius_mm=float(rng.uniform(9.0, 22.0)),
+        oedema_scale=float(rng.uniform(1.3, 2.0)),
+        rim_mm=float(rng.uniform(2.0, 4.0)),
+        has_et=bool(rng.random() < 0.8),
+        has_rc=bool(rng.random() < 0.5),
+        cavity_offset=(offset / np.linalg.norm(offset)).astype(np.float64),
+    )
+
+
+def evolve(t: Tumour, rng: np.random.Generator, visit_index: int) -> Tumour:
+    """The same tumour at a later visit: resized, and more often resected."""
+    if visit_index == 0:
+        return t
+    return Tumour(
+        centre_mm=t.centre_mm,
+        radius_mm=float(np.clip(t.radius_mm * rng.uniform(0.7, 1.3), 6.0, 22.0)),
+        oedema_scale=float(np.clip(t.oedema_scale * rng.uniform(0.85, 1.15), 1.3, 2.0)),
+        rim_mm=t.rim_mm,
+        has_et=bool(rng.random() < 0.7),
+        has_rc=t.has_rc or bool(rng.random() < 0.5),
+        cavity_offset=t.cavity_offset,
+    )
+
+
+def tumour_labels(t: Tumour, rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
+                  xyz: list[np.ndarray], brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BraTS 2024 label map (uint8, 0..4) of one tumour, kept inside the brain, and the oedema's
+    signal strength (1 near the core, fading to about half at its outer edge, as real oedema does)."""
+    d = np.sqrt(sum((x - c) ** 2 for x, c in zip(xyz, t.centre_mm)))
+    lumpy = 1 + 0.22 * smooth_noise(rng, grid, spacing, 18.0)
+    core = d * lumpy / t.radius_mm                 # < 1 inside the core
+    # oedema spreads irregularly, further along some directions than others
+    spread = np.clip(1 + 0.25 * smooth_noise(rng, grid, spacing, 25.0), 0.6, 1.5)
+    oedema = d / (min(t.radius_mm * t.oedema_scale, 36.0) * spread)
+    labels = np.zeros(grid, np.uint8)
+    labels[oedema < 1] = 2
+    if t.has_et:
+        # the rim never fills the core: at most half its radius, so there is always a NETC centre
+        rim = np.minimum(t.rim_mm * (1 + 0.4 * smooth_noise(rng, grid, spacing, 8.0)), 0.5 * t.radius_mm)
+        labels[core < 1] = 3
+        labels[(core < 1) & (d * lumpy < t.radius_mm - rim)] = 1
+    else:
+        labels[core < 1] = 1
+    if t.has_rc:
+        c = t.centre_mm + t.cavity_offset * t.radius_mm * 0.7
+        dc = np.sqrt(sum((x - ci) ** 2 for x, ci in zip(xyz, c)))
+        labels[dc * (1 + 0.12 * smooth_noise(rng, grid, spacing, 12.0)) < t.radius_mm * 0.75] = 4
+    labels[~brain] = 0
+    strength = 0.4 + 0.6 * np.clip((1 - oedema) / 0.5, 0, 1)
+    return labels, strength
+
+
+def wm_lesions(rng: np.random.Generator, xyz: list[np.ndarray], tumour_mask: np.ndarray,
+               brain_r: np.ndarray) -> np.ndarray:
+    """Fraction map of a few small FLAIR-bright white-matter lesions away from the tumour."""
+    out = np.zeros(brain_r.shape, np.float64)
+    for _ in range(int(rng.integers(4, 10))):
+        c = rng.uniform(-1, 1, 3) * np.array([40.0, 55.0, 40.0])
+        radius = rng.uniform(3.0, 9.0)
+        d = np.sqrt(sum((x - ci) ** 2 for x, ci in zip(xyz, c)))
+        out = np.maximum(out, soft(d - radius, 1.0))
+    out[tumour_mask | (brain_r > 0.78)] = 0
+    return out
+
+
+def vessels(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
+            brain_r: np.ndarray) -> np.ndarray:
+    """Fraction map of thin winding vessels: where two smooth random fields both cross zero."""
+    a = smooth_noise(rng, grid, spacing, 30.0)
+    b = smooth_noise(rng, grid, spacing, 30.0)
+    tube = soft(np.abs(a) - 0.08, 0.02) * soft(np.abs(b) - 0.08, 0.02)
+    return tube * (brain_r < 0.97)
+
+
+def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, grid: tuple[int, int, int],
+           spacing: float) -> np.ndarray:
+    """(4, X, Y, Z) float32 images: tissue signal + texture, bias field, Rician noise, scanner gain."""
+    signal = np.asarray([TISSUE_SIGNAL[t] for t in TISSUES], np.float64)  # (T, 4)
+    images = np.zeros((len(MODALITIES), *grid), np.float32)
+    for m in range(len(MODALITIES)):
+        clean = np.tensordot(signal[:, m], fractions, axes=1)
+        clean *= 1 + 0.05 * smooth_noise(rng, grid, spacing, 6.0)          # tissue texture
+        clean *= np.exp(0.18 * smooth_noise(rng, grid, spacing, 90.0))      # bias field
+        sigma = 0.035
+        noisy = np.hypot(clean + sigma * rng.standard_normal(grid),
+                         sigma * rng.standard_normal(grid))
+        gain = rng.uniform(300.0, 1500.0)
+        # Integer-valued intensities, as scanners write; also keeps files identical across CPUs.
+        images[m] = np.where(brain, np.maximum(np.rint(noisy * gain), 1.0), 0.0)
+    return images
+
+
+def make_case(seed: int, patient: int, visit_index: int, grid: tuple[int, int, int],
+              spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (4, X, Y, Z) float32, labels (X, Y, Z) uint8 and affine of one synthetic case."""
+    patient_rng = np.random.default_rng([seed, patient])
+    xyz = coordinates(grid, spacing)
+    brain, tissue, brain_r = anatomy(patient_rng, grid, spacing, xyz)
+    tumour = draw_tumour(patient_rng)
+    visit_rng = np.random.default_rng([seed, patient, visit_index + 1])
+    for i in range(1, visit_index + 1):  # each visit evolves the previous one
+        tumour = evolve(tumour, np.random.default_rng([seed, patient, i, 7]), i)
+    labels, oedema_strength = tumour_labels(tumour, visit_rng, grid, spacing, xyz, brain)
+    lesions = wm_lesions(visit_rng, xyz, labels > 0, brain_r)
+    fractions = np.zeros((len(TISSUES), *grid), np.float64)
+    fractions[:3] = tissue * (1 - lesions)
+    fractions[TISSUE_INDEX["wmh"]] = lesions
+    tubes = vessels(visit_rng, grid, spacing, brain_r) * (labels == 0)
+    fractions[:3] *= 1 - tubes
+    fractions[TISSUE_INDEX["vessel"]] = tubes
+    heterogeneity = 1 + 0.08 * smooth_noise(visit_rng, grid, spacing, 5.0)
+    for label, name in ((2, "snfh"), (3, "et"), (1, "netc"), (4, "rc")):
+        inside = ndimage.gaussian_filter((labels == label).astype(np.float64), 0.6 / spacing)
+        inside *= heterogeneity if name != "rc" else 1.0
+        if name == "snfh":
+            inside *= oedema_strength
+        fractions[:3] *= 1 - np.clip(inside, 0, 1)
+        fractions[TISSUE_INDEX[name]] = inside
+    return render(visit_rng, fractions, brain, grid, spacing), labels, mni_affine(spacing)
+
+
+def plan(params: SynthesizeParams, seed: int) -> list[tuple[int, int]]:
+    """(patient, visit index) of every case; how many visits each patient has is seeded too."""
+    rng = np.random.default_rng([seed, 2024])
+    visits = rng.integers(1, params.visits + 1, size=params.patients)
+    return [(p, v) for p in range(params.patients) for v in range(int(visits[p]))]
+
+
+def write_case(out_dir: Path, seed: int, patient: int, visit_index: int, params: SynthesizeParams) -> str:
+    """Make one case and move its folder into place only once every file is written."""
+    name = case_id(patient, 100 + visit_index)
+    images, labels, affine = make_case(seed, patient, visit_index, params.grid, params.spacing_mm)
+    tmp = out_dir / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for m, mod in enumerate(MODALITIES):
+        write_nifti(tmp / f"{name}-{mod}.nii.gz", images[m], affine)
+    write_nifti(tmp / f"{name}-{SEG}.nii.gz", labels, affine)
+    final = out_dir / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return name
+
+
+def synthesize(params: SynthesizeParams, seed: int, out_dir: Path) -> list[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = plan(params, seed)
+    return [write_case(out_dir, seed, p, v, params)
+            for p, v in tqdm(cases, desc="synthesize", unit="case")]
+
+
+def main() -> None:
+    params = load_params()
+    names = synthesize(params.synthesize, params.base.seed, params.paths.synthetic_dir)
+    print(f"wrote {len(names)} cases to {params.paths.synthetic_dir}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
