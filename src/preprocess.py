@@ -169,8 +169,9 @@ def preprocess(params: Params) -> dict:
     if not manifest:
         raise UserError(f"no case of {raw_dir} could be preprocessed; see the reasons above")
     splits = split_cases(manifest, params.preprocess, params.base.seed)
+    # No absolute paths in outputs: their hashes must not depend on where the repository lives.
     write_json(out_dir / "manifest.json", {"edition": EDITION, "modalities": list(MODALITIES),
-                                           "source": str(raw_dir), "cases": manifest})
+                                           "cases": manifest})
     write_json(out_dir / "splits.json", splits)
     report = {"processed": len(manifest), "skipped": skipped,
               "split_sizes": {k: len(v) for k, v in splits.items()}}
