@@ -7,7 +7,17 @@ See ../shared/BRATS2024.md. BraTS <= 2021 used label 4 for enhancing tumour; 202
 from __future__ import annotations
 
 import re
+from functools import reduce
+from operator import or_
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Array = Union[np.ndarray, "torch.Tensor"]
 
 EDITION = "BraTS-GLI-2024"
 
@@ -35,6 +45,12 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "RC": (4,),
 }
 
+# The network's output channels, one sigmoid each (nnU-Net's region-based BraTS setup). A label map is
+# rebuilt by painting, in this order, 2 where WT, 1 where TC, 3 where ET, 4 where RC: nested regions
+# from the outside in, then RC last (it lies outside WT; where both fire, RC wins).
+MODEL_REGIONS: tuple[str, ...] = ("WT", "TC", "ET", "RC")
+PAINT: tuple[tuple[str, int], ...] = (("WT", 2), ("TC", 1), ("ET", 3), ("RC", 4))
+
 CASE_PATTERN = re.compile(r"^(?P<patient>BraTS-[A-Z]+-\d{5})-(?P<visit>\d{3})$")
 
 
@@ -60,3 +76,25 @@ def case_file(case_dir: Path, suffix: str) -> Path:
     gz = case_dir / f"{case_dir.name}-{suffix}.nii.gz"
     plain = gz.with_suffix("")
     return plain if not gz.exists() and plain.exists() else gz
+
+
+def region_mask(labels: Array, region: str) -> Array:
+    """Boolean mask of `region` in a label map (numpy array or torch tensor)."""
+    return reduce(or_, (labels == value for value in REGIONS[region]))
+
+
+def labels_to_regions(labels: Array, regions: tuple[str, ...] = MODEL_REGIONS) -> Array:
+    """(…spatial) label map -> (R, …spatial) boolean region masks, stacked on a new first axis."""
+    masks = [region_mask(labels, r) for r in regions]
+    if isinstance(labels, np.ndarray):
+        return np.stack(masks)
+    import torch  # here, so that the data stages never load torch
+    return torch.stack(masks)
+
+
+def regions_to_labels(masks: np.ndarray) -> np.ndarray:
+    """(R, …spatial) boolean masks in MODEL_REGIONS order -> uint8 label map (see PAINT)."""
+    labels = np.zeros(masks.shape[1:], np.uint8)
+    for region, value in PAINT:
+        labels[masks[MODEL_REGIONS.index(region)]] = value
+    return labels

@@ -37,6 +37,10 @@ def _num(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
     return field(metadata=_range(lo, hi, **kw))
 
 
+Tuned = Literal["tuned"]
+OPTIMIZER_KEYS = ("lr", "weight_decay", "beta1", "beta2")
+
+
 @dataclass(frozen=True)
 class BaseParams:
     seed: int = _num(0)
@@ -48,7 +52,11 @@ class PathsParams:
     synthetic_dir: Path
     raw_dir: Path            # what preprocess reads: the synthetic set, or real BraTS 2024
     preprocessed_dir: Path
+    models_dir: Path         # trained weights (DVC outputs)
+    predictions_dir: Path    # the evaluate stage's test-set predictions, in BraTS format
     metrics_dir: Path
+    tune_dir: Path           # the tune stage's best params, trials table and plots
+    resume_dir: Path         # train's resume checkpoint: not a DVC output, deleted after a finished run
 
 
 @dataclass(frozen=True)
@@ -68,18 +76,109 @@ class PreprocessParams:
 
 
 @dataclass(frozen=True)
+class ModelParams:
+    """The U-Net's shape (src/model.py); checkpoints carry it so weights load without params.yaml."""
+    base_width: int = _num(1, 512)
+    max_width: int = _num(1, 2048)
+    depth: int = _num(2, 8)
+    norm: Literal["instance", "group", "batch"]
+    deep_supervision: bool
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Weights of the summed loss terms (0 switches a term off) and Tversky's FP/FN weights."""
+    dice: float = _num(0.0)
+    tversky: float = _num(0.0)
+    bce: float = _num(0.0)
+    tversky_alpha: float = _num(0.0, 1.0)
+    tversky_beta: float = _num(0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.dice + self.tversky + self.bce == 0:
+            raise ParamsError("train.loss: dice, tversky and bce are all 0; give at least one a weight")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = _num(1, 100000)
+    iterations_per_epoch: int = _num(1)
+    batch_size: int = _num(1, 1024)
+    patch: tuple[int, int, int] = _num(8, 512)
+    foreground_fraction: float = _num(0.0, 1.0)
+    augment: bool
+    loss: LossParams
+    schedule: Literal["none", "poly", "cosine"]
+    precision: Literal["auto", "bf16", "fp16", "fp32"]   # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool
+    deterministic: bool
+    workers: int = _num(0, 256)
+    val_every: int = _num(1)
+    val_overlap: float = _num(0.0, 1.0, hi_open=True)
+    val_batch: int = _num(1, 256)
+    mlflow: bool
+    wandb: Literal["offline", "online", "disabled"]
+    experiment: str
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    low: float
+    high: float
+    log: bool
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ParamsError(f"a tune range needs low < high, got low {self.low}, high {self.high}")
+        if self.log and self.low <= 0:
+            raise ParamsError(f"a log-scale tune range needs low > 0, got {self.low}")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    trials: int = _num(0, 100000)       # 0 skips tuning
+    epochs: int = _num(1, 100000)       # per trial
+    pruner: Literal["median", "hyperband", "none"]
+    storage: str                        # "" = SQLite at the repository root; a SQLAlchemy URL; journal:PATH
+    study: str
+    lr: SearchRange
+    weight_decay: SearchRange
+    beta1: SearchRange
+    beta2: SearchRange
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    overlap: float = _num(0.0, 1.0, hi_open=True)
+    batch: int = _num(1, 256)
+    mirror: bool
+    overlays: int = _num(0, 1000)
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseParams
     paths: PathsParams
     # Adam's hyperparameters stay top-level so that `dvc exp run -S lr=...` works as users type it.
-    lr: float = _num(0.0, 1.0, lo_open=True)
-    weight_decay: float = _num(0.0, 1.0)
-    beta1: float = _num(0.0, 1.0, hi_open=True)
-    beta2: float = _num(0.0, 1.0, hi_open=True)
+    # A number is used as it is; "tuned" takes the tune stage's best value (src/train.py).
+    lr: float | Tuned = _num(0.0, 1.0, lo_open=True)
+    weight_decay: float | Tuned = _num(0.0, 1.0)
+    beta1: float | Tuned = _num(0.0, 1.0, hi_open=True)
+    beta2: float | Tuned = _num(0.0, 1.0, hi_open=True)
     synthesize: SynthesizeParams
     preprocess: PreprocessParams
+    model: ModelParams
+    tune: TuneParams
+    train: TrainParams
+    evaluate: EvaluateParams
 
     def __post_init__(self) -> None:
+        if self.model.base_width > self.model.max_width:
+            raise ParamsError("model.base_width must not exceed model.max_width")
+        edge = 2 ** (self.model.depth - 1)
+        if any(p % edge for p in self.train.patch):
+            raise ParamsError(f"train.patch {list(self.train.patch)}: every edge must be a multiple of "
+                              f"2^(model.depth - 1) = {edge}, so that the U-Net's levels line up")
         if self.preprocess.val_fraction + self.preprocess.test_fraction >= 1.0:
             raise ParamsError("preprocess.val_fraction + preprocess.test_fraction must be below 1 "
                               "so that some patients are left for training")
@@ -139,9 +238,14 @@ def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
         if value not in choices:
             raise ParamsError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
-    if origin in (types.UnionType, typing.Union):  # e.g. `X | None` in a later section
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _convert(args[0], value, key, meta)
+    if origin in (types.UnionType, typing.Union):  # e.g. `float | Literal["tuned"]`: first that fits
+        errors = []
+        for alternative in typing.get_args(tp):
+            try:
+                return _convert(alternative, value, key, meta)
+            except ParamsError as e:
+                errors.append(str(e).removeprefix(f"{key}: "))
+        raise ParamsError(f"{key}: {'; or '.join(errors)}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from brats import EDITION, MODALITIES, is_case_dir, patient_of
 from errors import UserError, run_stage
-from geometry import crop, foreground_box, to_canonical
-from nifti import CaseError, read_case
+from geometry import Box, crop, foreground_box, to_canonical
+from nifti import CaseError, RawCase, read_case
 from params import Params, PreprocessParams, load_params
 
 IMAGE_FILE = "image.npy"
@@ -66,22 +66,35 @@ def zscore(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
-    """Validate, reorient, crop and normalise one case; write it atomically; return its manifest entry."""
-    raw = read_case(case_dir, with_seg=True)
+def prepare(raw: RawCase) -> tuple[np.ndarray, np.ndarray | None, Box, np.ndarray]:
+    """Reorient to RAS, crop to the head, z-score: the network's input, as training and prediction
+    both need it. Returns images (4, x, y, z) float32, labels (x, y, z) or None, the crop box and
+    the canonical affine."""
     images, affine = to_canonical(raw.images, raw.affine)
-    labels, _ = to_canonical(raw.seg, raw.affine)
+    labels = to_canonical(raw.seg, raw.affine)[0] if raw.seg is not None else None
     try:
         box = foreground_box(images, labels)
     except ValueError as e:
         raise CaseError(f"{raw.name}: {e}") from None
-    images, labels = crop(images, box), crop(labels, box)
-    images = zscore(images, np.any(images != 0, axis=0))
+    images = crop(images, box)
+    labels = np.ascontiguousarray(crop(labels, box)) if labels is not None else None
+    return zscore(images, np.any(images != 0, axis=0)), labels, box, affine
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel edge lengths (mm) along the array axes of an affine."""
+    return tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(0)).round(6))
+
+
+def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
+    """Validate, reorient, crop and normalise one case; write it atomically; return its manifest entry."""
+    raw = read_case(case_dir, with_seg=True)
+    images, labels, box, affine = prepare(raw)
     tmp = out_dir / f".tmp-{raw.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / IMAGE_FILE, images)
-    np.save(tmp / LABEL_FILE, np.ascontiguousarray(labels))
+    np.save(tmp / LABEL_FILE, labels)
     final = out_dir / raw.name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -91,7 +104,7 @@ def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
         "shape": list(labels.shape),
         "original_shape": list(raw.seg.shape),
         "original_affine": raw.affine.round(6).tolist(),
-        "spacing_mm": np.sqrt((affine[:3, :3] ** 2).sum(0)).round(6).tolist(),
+        "spacing_mm": list(spacing_of(affine)),
         "label_voxels": np.bincount(labels.ravel(), minlength=5).tolist(),
     }
 

@@ -34,7 +34,7 @@ TISSUE_SIGNAL: dict[str, tuple[float, float, float, float]] = {
     "wm":   (0.85, 0.80, 0.40, 0.50),
     "gm":   (0.62, 0.60, 0.60, 0.66),
     "csf":  (0.20, 0.18, 1.00, 0.12),
-    "wmh":  (0.82, 0.78, 0.72, 0.90),   # FLAIR-bright lesion that is not tumour: T1-iso
+    "wmh":  (0.84, 0.80, 0.58, 0.88),   # FLAIR-bright lesion that is not tumour: T1-iso, T2 mild
     "vessel": (0.70, 1.15, 0.45, 0.45),  # enhancing vessels: bright on T1c only
     "snfh": (0.56, 0.54, 0.80, 0.80),
     "et":   (0.62, 1.10, 0.72, 0.78),
@@ -171,7 +171,7 @@ def tumour_labels(t: Tumour, rng: np.random.Generator, grid: tuple[int, int, int
         dc = np.sqrt(sum((x - ci) ** 2 for x, ci in zip(xyz, c)))
         labels[dc * (1 + 0.12 * smooth_noise(rng, grid, spacing, 12.0)) < t.radius_mm * 0.75] = 4
     labels[~brain] = 0
-    strength = 0.4 + 0.6 * np.clip((1 - oedema) / 0.5, 0, 1)
+    strength = 0.5 + 0.5 * np.clip((1 - oedema) / 0.5, 0, 1)
     return labels, strength
 
 
@@ -179,9 +179,9 @@ def wm_lesions(rng: np.random.Generator, xyz: list[np.ndarray], tumour_mask: np.
                brain_r: np.ndarray) -> np.ndarray:
     """Fraction map of a few small FLAIR-bright white-matter lesions away from the tumour."""
     out = np.zeros(brain_r.shape, np.float64)
-    for _ in range(int(rng.integers(4, 10))):
+    for _ in range(int(rng.integers(2, 7))):
         c = rng.uniform(-1, 1, 3) * np.array([40.0, 55.0, 40.0])
-        radius = rng.uniform(3.0, 9.0)
+        radius = rng.uniform(2.5, 7.0)
         d = np.sqrt(sum((x - ci) ** 2 for x, ci in zip(xyz, c)))
         out = np.maximum(out, soft(d - radius, 1.0))
     out[tumour_mask | (brain_r > 0.78)] = 0

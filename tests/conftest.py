@@ -60,3 +60,40 @@ def params_for(tmp_path: Path):
         dotted = {k.replace("__", "."): v for k, v in overrides.items()}
         return load_params(params_file, dotted)
     return build
+
+
+TINY_TRAIN = {
+    "synthesize.patients": 8, "synthesize.visits": 1, "synthesize.grid": [40, 48, 40], "synthesize.spacing_mm": 4.0,
+    "preprocess.workers": 1, "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25,
+    "model.base_width": 4, "model.max_width": 16, "model.depth": 3, "model.deep_supervision": True,
+    "train.epochs": 2, "train.iterations_per_epoch": 2, "train.batch_size": 2, "train.patch": [16, 16, 16],
+    "train.workers": 0, "train.val_every": 1, "train.val_batch": 4, "train.mlflow": False,
+    "lr": 0.003, "weight_decay": 1e-5, "beta1": 0.9, "beta2": 0.999,
+    "train.wandb": "disabled", "train.deterministic": True,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A preprocessed tiny dataset (8 patients at 4 mm): a folder with params.yaml and data/."""
+    from preprocess import preprocess
+    from synthesize import synthesize
+    root = tmp_path_factory.mktemp("tiny")
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    params = load_params(root / "params.yaml", TINY_TRAIN)
+    synthesize(params.synthesize, params.base.seed, params.paths.synthetic_dir)
+    preprocess(params)
+    return root
+
+
+@pytest.fixture
+def tiny_params(tiny_data, tmp_path):
+    """Params for a tiny training run: data from tiny_data, outputs in this test's tmp_path."""
+    def build(**overrides):
+        dotted = {**TINY_TRAIN, "paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed"),
+                  "paths.models_dir": str(tmp_path / "models"), "paths.metrics_dir": str(tmp_path / "metrics"),
+                  "paths.resume_dir": str(tmp_path / "checkpoints"),
+                  "paths.predictions_dir": str(tmp_path / "predictions"), "paths.tune_dir": str(tmp_path / "tune"),
+                  **{k.replace("__", "."): v for k, v in overrides.items()}}
+        return load_params(tiny_data / "params.yaml", dotted)
+    return build

@@ -1,0 +1,199 @@
+"""Stage `evaluate`, and a scorer for any folder of BraTS-format predictions.
+
+As the DVC stage (`python src/evaluate.py`): predict every test case with the trained weights and
+write `metrics/evaluate.json` (per-region means of IoU, Dice, HD95, lesion-wise Dice and HD95, for
+`dvc metrics show/diff`), `metrics/evaluate_cases.csv` (per case; `dvc plots`), overlay PNGs of a few
+cases under `metrics/overlays/`, and the test predictions in BraTS format under
+`paths.predictions_dir` (original grid and affine, ready for the scorer below).
+
+As a scorer:
+    python src/evaluate.py --pred PRED_DIR --gt GT_DIR --out scores.json
+scores `<case>.nii.gz` predictions against `GT_DIR/<case>/<case>-seg.nii.gz` (or `GT_DIR/<case>-seg.nii.gz`)
+with the metrics of src/metrics.py, writes {"cases": {case: {region: {...}}}, "mean": {region: {...}}}
+and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brats import MODALITIES, REGIONS
+from dataset import load_split, open_case, read_json
+from errors import UserError, run_stage
+from geometry import restore
+from inference import predict_probs, probs_to_labels
+from metrics import LESION_DILATION, mean_scores, region_scores
+from model import load_model
+from nifti import AFFINE_TOLERANCE_MM, CaseError, labels_from_array, write_nifti
+from params import Params, load_params
+from preprocess import spacing_of
+
+KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
+
+
+def score(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float]) -> dict:
+    """All metrics of one case, computed on the box around both label maps (same result, faster)."""
+    both = (pred > 0) | (gt > 0)
+    if both.any():
+        margin = max(LESION_DILATION.values()) + 1
+        hits = np.argwhere(both)
+        lo, hi = np.maximum(hits.min(0) - margin, 0), np.minimum(hits.max(0) + margin + 1, pred.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        pred, gt = pred[box], gt[box]
+    return region_scores(pred, gt, spacing)
+
+
+def table(mean: dict) -> str:
+    """Readable per-region table of mean scores."""
+    head = f"{'region':<6}" + "".join(f"{k:>17}" for k in KEYS) + f"{'tp':>6}{'fp':>6}{'fn':>6}"
+    rows = [f"{r:<6}" + "".join(f"{mean[r][k]:>17.4f}" for k in KEYS) +
+            "".join(f"{mean[r][k]:>6d}" for k in ("tp", "fp", "fn")) for r in mean]
+    return "\n".join([head, *rows])
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- scorer ---------------------------------------------------------------------------------------
+
+def gt_file(gt_dir: Path, case: str) -> Path:
+    for candidate in (gt_dir / case / f"{case}-seg.nii.gz", gt_dir / f"{case}-seg.nii.gz"):
+        if candidate.exists():
+            return candidate
+    raise UserError(f"{case}: no ground truth {case}-seg.nii.gz in {gt_dir} or {gt_dir / case}")
+
+
+def load_labels(path: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise CaseError(f"{case}: cannot read {path.name}: {type(e).__name__}: {e}") from None
+    return labels_from_array(data, f"{case}: {path.name}"), img.affine
+
+
+def score_folders(pred_dir: Path, gt_dir: Path) -> dict:
+    """Scores of every prediction in pred_dir; every ground-truth case must have one."""
+    if not pred_dir.is_dir() or not gt_dir.is_dir():
+        raise UserError(f"--pred {pred_dir} and --gt {gt_dir} must both be folders")
+    gt_cases = sorted({p.name.removesuffix("-seg.nii.gz") for p in gt_dir.rglob("*-seg.nii.gz")})
+    if not gt_cases:
+        raise UserError(f"no <case>-seg.nii.gz ground truth found under {gt_dir}")
+    cases = {}
+    for case in tqdm(gt_cases, desc="score", unit="case"):
+        pred_path = pred_dir / f"{case}.nii.gz"
+        if not pred_path.exists():
+            raise UserError(f"{case}: prediction {pred_path} is missing")
+        pred, pred_affine = load_labels(pred_path, case)
+        gt, gt_affine = load_labels(gt_file(gt_dir, case), case)
+        if pred.shape != gt.shape:
+            raise UserError(f"{case}: prediction shape {pred.shape} differs from ground truth {gt.shape}")
+        if not np.allclose(pred_affine, gt_affine, atol=AFFINE_TOLERANCE_MM, rtol=0):
+            raise UserError(f"{case}: the prediction's affine differs from the ground truth's; write "
+                            "predictions on the input's grid (src/predict.py does)")
+        cases[case] = score(pred, gt, spacing_of(gt_affine))
+    return {"cases": cases, "mean": mean_scores(list(cases.values()))}
+
+
+# --- DVC stage ------------------------------------------------------------------------------------
+
+def overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str) -> None:
+    """Axial slice through the most tumour: T1c, FLAIR with ground truth, FLAIR with prediction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    z = int(np.argmax((gt > 0).sum(axis=(0, 1)))) if gt.any() else gt.shape[2] // 2
+    colours = ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.6), (0.2, 0.9, 0.2, 0.45), (1, 1, 0.1, 0.7),
+                              (0.3, 0.5, 1, 0.6)])
+    t1c, flair = image[MODALITIES.index("t1c"), :, :, z].T, image[MODALITIES.index("t2f"), :, :, z].T
+    fig, axes = plt.subplots(1, 3, figsize=(10, 4))
+    for ax, background, labels, name in ((axes[0], t1c, None, "T1c"), (axes[1], flair, gt, "ground truth"),
+                                         (axes[2], flair, pred, "prediction")):
+        ax.imshow(background, cmap="gray", origin="lower")
+        if labels is not None:
+            ax.imshow(labels[:, :, z].T, cmap=colours, vmin=0, vmax=4, origin="lower", interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(f"{title}  (red NETC, green SNFH, yellow ET, blue RC)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def evaluate(params: Params) -> dict:
+    paths, ep = params.paths, params.evaluate
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, saved = load_model(paths.models_dir / "model.pt", device)
+    patch = tuple(saved["params"]["train.patch"])
+    manifest = read_json(paths.preprocessed_dir / "manifest.json", "the case manifest")["cases"]
+    cases = load_split(paths.preprocessed_dir, "test")
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    per_case = {}
+    paths.predictions_dir.mkdir(parents=True, exist_ok=True)
+    for i, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
+        image, gt = open_case(paths.preprocessed_dir, case)
+        pred = probs_to_labels(predict_probs(model, image, patch, ep.overlap, ep.batch, ep.mirror, precision))
+        entry = manifest[case]
+        per_case[case] = score(pred, np.asarray(gt), tuple(entry["spacing_mm"]))
+        original = restore(pred, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),
+                           np.array(entry["original_affine"]))
+        write_nifti(paths.predictions_dir / f"{case}.nii.gz", original, np.array(entry["original_affine"]))
+        if i < ep.overlays:
+            overlay(paths.metrics_dir / "overlays" / f"{case}.png", np.asarray(image), np.asarray(gt), pred, case)
+    mean = mean_scores(list(per_case.values()))
+    metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
+    metrics["lesions"] = {r: {k: mean[r][k] for k in ("tp", "fp", "fn")} for r in REGIONS}
+    metrics["cases"] = len(cases)
+    write_text(paths.metrics_dir / "evaluate.json", json.dumps(metrics, indent=1) + "\n")
+    write_cases_csv(paths.metrics_dir / "evaluate_cases.csv", per_case)
+    print(table(mean))
+    return metrics
+
+
+def write_cases_csv(path: Path, per_case: dict) -> None:
+    columns = ["case"] + [f"{k}_{r}" for k in KEYS for r in REGIONS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for case, s in per_case.items():
+            writer.writerow([case] + [round(s[r][k], 4) for k in KEYS for r in REGIONS])
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Evaluate stage, or (with --pred/--gt/--out) a BraTS scorer.")
+    ap.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions")
+    ap.add_argument("--gt", type=Path, help="folder of case folders holding <case>-seg.nii.gz")
+    ap.add_argument("--out", type=Path, help="scores JSON to write")
+    args = ap.parse_args(argv)
+    given = [a is not None for a in (args.pred, args.gt, args.out)]
+    if any(given) and not all(given):
+        ap.error("--pred, --gt and --out go together")
+    if all(given):
+        result = score_folders(args.pred, args.gt)
+        write_text(args.out, json.dumps(result, indent=1) + "\n")
+        print(table(result["mean"]))
+        return
+    evaluate(load_params())
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,184 @@
+"""Stage `tune`: Optuna search over Adam's lr, weight decay and betas, by really training.
+
+Each trial is a short run of the train stage's own loop (`train.train`, `tune.epochs` epochs,
+validated every epoch) and is scored by the validation mean IoU over the six BraTS regions, reported
+each epoch so that the pruner (median or Hyperband) stops weak trials early. The sampler is TPE seeded
+by `base.seed`.
+
+The study lives in a database: by default SQLite at the repository root (`optuna.db`, resolved like
+MLflow's store, so queued `dvc exp run --queue` experiments share it), or any SQLAlchemy URL, or
+`journal:<file>` for Optuna's journal file. Its name carries a hash of everything a trial depends on,
+so an interrupted tune resumes without repeating finished trials, and a changed setting starts a new
+study. Several processes or machines can work on one study: run `python src/tune.py` in each, with
+`tune.storage` pointing at one shared database; together they stop at `tune.trials` finished trials.
+
+Writes `tune/best_params.json` (read by train where params.yaml says `tuned`), `tune/trials.csv`,
+`tune/history.png` and `tune/importance.png`; each trial is a nested MLflow run under a `tune` run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import optuna
+
+from errors import UserError, run_stage
+from params import OPTIMIZER_KEYS, Params, load_params
+from tracking import Tracker, tracking_root
+from train import BEST_PARAMS_FILE, fingerprint, train
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def storage_for(params: Params) -> optuna.storages.BaseStorage:
+    url = params.tune.storage
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        path = Path(url.removeprefix("journal:"))
+        path = path if path.is_absolute() else tracking_root() / path
+        return JournalStorage(JournalFileBackend(str(path)))
+    if not url:
+        url = f"sqlite:///{tracking_root() / 'optuna.db'}"
+    try:
+        # heartbeats let a later run mark the trials of a killed process as failed, instead of waiting
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+    except Exception as e:
+        raise UserError(f"tune.storage {url!r} cannot be opened: {type(e).__name__}: {e}") from None
+
+
+def study_name(params: Params) -> str:
+    """`tune.study` plus a hash of the search space, trial length and the train inputs."""
+    space = {k: dataclasses.asdict(getattr(params.tune, k)) for k in OPTIMIZER_KEYS}
+    setting = {"space": space, "epochs": params.tune.epochs, "pruner": params.tune.pruner,
+               "train": fingerprint(dataclasses.replace(params, **{k: 0.0 for k in OPTIMIZER_KEYS}))}
+    digest = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{params.tune.study}-{digest}"
+
+
+def make_pruner(kind: str) -> optuna.pruners.BasePruner:
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, params: Params) -> dict[str, float]:
+    out = {}
+    for key in OPTIMIZER_KEYS:
+        r = getattr(params.tune, key)
+        out[key] = trial.suggest_float(key, r.low, r.high, log=r.log)
+    return out
+
+
+def trial_params(params: Params, values: dict[str, float]) -> Params:
+    """The train params of one trial: suggested optimizer values, tune.epochs, validation each epoch."""
+    train_section = dataclasses.replace(params.train, epochs=params.tune.epochs, val_every=1)
+    return dataclasses.replace(params, train=train_section, **values)
+
+
+def objective(params: Params, trial: optuna.Trial) -> float:
+    values = suggest(trial, params)
+    tracker = Tracker(f"trial-{trial.number}", params.train.experiment, values, params.train.mlflow,
+                      "disabled", nested=True)
+    scores: list[float] = []
+
+    def report(epoch: int, row: dict) -> None:
+        scores.append(row["val_mean_iou"])
+        trial.report(row["val_mean_iou"], epoch)
+        tracker.log({"val_mean_iou": row["val_mean_iou"], "val_iou_WT": row["val_iou_WT"]}, step=epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {epoch}: val mean IoU {row['val_mean_iou']:.4f}")
+
+    ok = False
+    try:
+        train(trial_params(params, values), report=report)
+        ok = True
+    except optuna.TrialPruned:
+        ok = True
+        raise
+    finally:
+        tracker.finish(ok)
+    return max(scores)
+
+
+def write_outputs(study: optuna.Study, params: Params) -> dict:
+    out_dir = params.paths.tune_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    result = {"study": study.study_name, "trials": len(study.trials),
+              "complete": len(complete), "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+              "best": dict(best.params) if best else {}, "best_value": best.value if best else None,
+              "best_trial": best.number if best else None}
+    tmp = out_dir / f".{BEST_PARAMS_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out_dir / BEST_PARAMS_FILE)
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration")) \
+        if study.trials else None
+    (out_dir / "trials.csv").write_text(frame.to_csv(index=False) if frame is not None else "number,value,state\n")
+    write_plots(study, out_dir)
+    return result
+
+
+def write_plots(study: optuna.Study, out_dir: Path) -> None:
+    """Optimisation history and parameter importances; a note in the figure where there is too little."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ov
+    for name, plot in (("history", ov.plot_optimization_history), ("importance", ov.plot_param_importances)):
+        try:
+            ax = plot(study)
+            fig = ax.figure
+        except Exception as e:  # importances need at least two finished trials
+            fig, ax = plt.subplots(figsize=(6, 3))
+            ax.text(0.5, 0.5, f"{name}: not enough finished trials\n({type(e).__name__})", ha="center",
+                    va="center")
+            ax.axis("off")
+        fig.savefig(out_dir / f"{name}.png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+
+
+def tune(params: Params) -> dict:
+    tp = params.tune
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage_for(params)
+    study = optuna.create_study(study_name=study_name(params), storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=params.base.seed),
+                                pruner=make_pruner(tp.pruner), load_if_exists=True)
+    done = sum(t.state in FINISHED for t in study.trials)
+    if done:
+        print(f"study {study.study_name}: {done} finished trial(s) found, {max(0, tp.trials - done)} to go",
+              file=sys.stderr)
+    if done < tp.trials:
+        parent = Tracker("tune", params.train.experiment, {"trials": tp.trials, "epochs": tp.epochs},
+                         params.train.mlflow, "disabled")
+        ok = False
+        try:
+            study.optimize(lambda t: objective(params, t), n_trials=tp.trials - done,
+                           callbacks=[optuna.study.MaxTrialsCallback(tp.trials, states=FINISHED)])
+            ok = True
+        finally:
+            parent.finish(ok)
+    return write_outputs(study, params)
+
+
+def main() -> None:
+    params = load_params()
+    result = tune(params)
+    if result["best"]:
+        print(f"best of {result['complete']} complete trials ({result['pruned']} pruned): "
+              f"val mean IoU {result['best_value']:.4f} with " +
+              ", ".join(f"{k} {v:.3g}" for k, v in result["best"].items()))
+    else:
+        print("no trial completed (tune.trials is 0?): train needs numbers for lr, weight_decay, beta1, beta2")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,78 @@
+"""Training patches: seeded per sample, padded when the case is small, flips applied to both."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dataset import PatchDataset, augment, choose_corner, cut, load_split
+from errors import UserError
+
+
+def test_cut_pads_outside_the_array():
+    a = np.arange(1, 28).reshape(1, 3, 3, 3)
+    out = cut(a, np.array([-1, 1, 2]), (3, 3, 3))
+    assert out.shape == (1, 3, 3, 3)
+    assert np.all(out[:, 0] == 0)                         # row -1 does not exist
+    np.testing.assert_array_equal(out[0, 1:, :2, :1], a[0, :2, 1:3, 2:3])
+    assert np.all(out[:, :, 2:] == 0) and np.all(out[:, :, :, 1:] == 0)
+
+
+def test_foreground_patches_contain_a_label():
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[30:33, 5:8, 20:22] = 3
+    for seed in range(30):
+        corner = choose_corner(np.random.default_rng(seed), label, (16, 16, 16), foreground=True)
+        assert cut(label, corner, (16, 16, 16)).any()
+
+
+def test_random_patches_stay_inside_a_big_case():
+    label = np.zeros((40, 30, 20), np.uint8)
+    for seed in range(30):
+        corner = choose_corner(np.random.default_rng(seed), label, (16, 16, 16), foreground=False)
+        assert np.all(corner >= 0) and np.all(corner + 16 <= np.array(label.shape))
+
+
+def test_augment_moves_image_and_labels_together():
+    rng = np.random.default_rng(3)
+    y = (rng.random((6, 7, 8)) > 0.8).astype(np.uint8)
+    x = np.repeat(y[None].astype(np.float32), 4, axis=0)
+    for seed in range(8):
+        xa, ya = augment(np.random.default_rng(seed), x, y)
+        for c in range(4):
+            hi, lo = xa[c][ya == 1], xa[c][ya == 0]
+            assert hi.min() > lo.max()  # still an increasing function of the label, voxel by voxel
+
+
+def test_dataset_is_reproducible_and_worker_independent(tiny_data):
+    pre = tiny_data / "data" / "preprocessed"
+    cases = load_split(pre, "train")
+    ds = PatchDataset(pre, cases, (16, 16, 16), 8, 0.5, True, seed=5)
+    x0, y0 = ds[3]
+    x1, y1 = ds[3]
+    assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert not torch.equal(ds[4][0], x0)
+    ds.epoch = 1
+    assert not torch.equal(ds[3][0], x0)        # a new epoch draws new patches
+    ds.epoch = 0
+    batches = [torch.cat([b[0] for b in DataLoader(ds, batch_size=2, num_workers=n)]) for n in (0, 2)]
+    assert torch.equal(batches[0], batches[1])
+    assert x0.shape == (4, 16, 16, 16) and x0.dtype == torch.float32 and y0.dtype == torch.uint8
+
+
+def test_patch_larger_than_the_case_is_padded(tiny_data):
+    pre = tiny_data / "data" / "preprocessed"
+    cases = load_split(pre, "train")
+    x, y = PatchDataset(pre, cases, (64, 64, 64), 2, 1.0, False, seed=0)[0]
+    assert x.shape == (4, 64, 64, 64) and y.shape == (64, 64, 64)
+    assert (x == 0).all(dim=0).any() and y.any()
+
+
+def test_missing_preprocessed_case_is_named(tiny_data):
+    pre = tiny_data / "data" / "preprocessed"
+    with pytest.raises(UserError, match="BraTS-GLI-99999-100.*dvc repro -f preprocess"):
+        PatchDataset(pre, ["BraTS-GLI-99999-100"], (16, 16, 16), 2, 0.5, False, seed=0)
+    with pytest.raises(UserError, match=r"splits.json not found .*dvc repro preprocess"):
+        load_split(tiny_data / "nowhere", "train")

@@ -1,0 +1,120 @@
+"""The scorer on BraTS-format folders, its errors, and the evaluate stage on a tiny trained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import evaluate
+import train
+from errors import UserError
+from nifti import CaseError, write_nifti
+
+CASE = "BraTS-GLI-00001-100"
+
+
+def folders(tmp_path, gt: np.ndarray, pred: np.ndarray | None, affine=np.eye(4), pred_affine=None, case=CASE):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    (gt_dir / case).mkdir(parents=True, exist_ok=True)
+    pred_dir.mkdir(exist_ok=True)
+    write_nifti(gt_dir / case / f"{case}-seg.nii.gz", gt.astype(np.uint8), affine)
+    if pred is not None:
+        write_nifti(pred_dir / f"{case}.nii.gz", pred, affine if pred_affine is None else pred_affine)
+    return pred_dir, gt_dir
+
+
+def cube(value: int, size: int = 3, at: int = 20) -> np.ndarray:
+    a = np.zeros((64, 64, 64), np.uint8)
+    a[at:at + size, at:at + size, at:at + size] = value
+    return a
+
+
+@pytest.mark.parametrize("gt, pred, dice, hd, counts", [
+    (cube(3), np.zeros((64, 64, 64), np.uint8), 0.0, 337.0, (0, 0, 1)),   # missed lesion
+    (np.zeros((64, 64, 64), np.uint8), cube(3), 0.0, 337.0, (0, 1, 0)),   # false positive
+    (np.zeros((64, 64, 64), np.uint8), cube(3, size=2), 1.0, 0.0, (0, 0, 0)),  # 8 voxels: removed
+    (cube(3), cube(3), 1.0, 0.0, (1, 0, 0)),
+])
+def test_worked_examples_through_the_command_line(tmp_path, gt, pred, dice, hd, counts):
+    pred_dir, gt_dir = folders(tmp_path, gt, pred)
+    out = tmp_path / "scores.json"
+    evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out)])
+    result = json.loads(out.read_text())
+    et = result["cases"][CASE]["ET"]
+    assert et["lesionwise_dice"] == dice and et["lesionwise_hd95"] == hd
+    assert (et["tp"], et["fp"], et["fn"]) == counts
+    assert set(result["cases"][CASE]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}
+    assert set(et) == {"iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95", "tp", "fp", "fn"}
+    assert result["mean"]["ET"]["lesionwise_dice"] == dice
+
+
+def test_seg_files_directly_in_the_gt_folder(tmp_path, capsys):
+    gt = cube(2, size=6)
+    pred_dir, gt_dir = folders(tmp_path, gt, gt)
+    (gt_dir / CASE / f"{CASE}-seg.nii.gz").rename(gt_dir / f"{CASE}-seg.nii.gz")
+    (gt_dir / CASE).rmdir()
+    result = evaluate.score_folders(pred_dir, gt_dir)
+    assert result["cases"][CASE]["WT"]["iou"] == 1.0
+    evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(tmp_path / "s.json")])
+    assert "SNFH" in capsys.readouterr().out      # the table
+
+
+def test_missing_prediction(tmp_path):
+    pred_dir, gt_dir = folders(tmp_path, cube(2), None)
+    with pytest.raises(UserError, match=rf"{CASE}: prediction .*{CASE}\.nii\.gz is missing"):
+        evaluate.score_folders(pred_dir, gt_dir)
+
+
+def test_shape_mismatch(tmp_path):
+    pred_dir, gt_dir = folders(tmp_path, cube(2), cube(2)[:-1])
+    with pytest.raises(UserError, match=rf"{CASE}: prediction shape \(63, 64, 64\) differs"):
+        evaluate.score_folders(pred_dir, gt_dir)
+
+
+def test_affine_mismatch(tmp_path):
+    pred_dir, gt_dir = folders(tmp_path, cube(2), cube(2), pred_affine=np.diag([-1.0, -1, 1, 1]))
+    with pytest.raises(UserError, match=rf"{CASE}: the prediction's affine differs"):
+        evaluate.score_folders(pred_dir, gt_dir)
+
+
+def test_invalid_label(tmp_path):
+    pred_dir, gt_dir = folders(tmp_path, cube(2), cube(7))
+    with pytest.raises(CaseError, match=rf"{CASE}: {CASE}\.nii\.gz: label value 7"):
+        evaluate.score_folders(pred_dir, gt_dir)
+
+
+def test_flags_go_together(tmp_path):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--pred", str(tmp_path)])
+
+
+def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
+    params = tiny_params()
+    train.train(params)
+    metrics = evaluate.evaluate(params)
+    written = json.loads((params.paths.metrics_dir / "evaluate.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    for key in ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95"):
+        assert set(written[key]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}
+    test_cases = json.loads((tiny_data / "data" / "preprocessed" / "splits.json").read_text())["test"]
+    rows = list(csv.DictReader(open(params.paths.metrics_dir / "evaluate_cases.csv")))
+    assert [r["case"] for r in rows] == test_cases and written["cases"] == len(test_cases)
+    assert len(list((params.paths.metrics_dir / "overlays").glob("*.png"))) == min(3, len(test_cases))
+    # predictions are in BraTS format on the original grid
+    for case in test_cases:
+        pred = nib.load(params.paths.predictions_dir / f"{case}.nii.gz")
+        source = nib.load(tiny_data / "data" / "synthetic" / case / f"{case}-t1n.nii.gz")
+        assert pred.shape == source.shape and np.allclose(pred.affine, source.affine)
+        assert pred.get_data_dtype() == np.uint8
+    # the stage's per-case IoU agrees with the scorer run on those files
+    gt_dir = tmp_path / "gt"
+    for case in test_cases:
+        shutil.copytree(tiny_data / "data" / "synthetic" / case, gt_dir / case)
+    scored = evaluate.score_folders(params.paths.predictions_dir, gt_dir)
+    for row in rows:
+        assert float(row["iou_WT"]) == pytest.approx(scored["cases"][row["case"]]["WT"]["iou"], abs=1e-4)

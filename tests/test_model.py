@@ -1,0 +1,46 @@
+"""The U-Net: shapes on odd sizes, every norm, deep supervision, and the nnU-Net-sized setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brats import MODEL_REGIONS
+from model import UNet3D, widths
+from params import ModelParams
+
+
+@pytest.mark.parametrize("norm", ["instance", "group", "batch"])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_output_shape_on_odd_sizes(norm, depth):
+    model = UNet3D(ModelParams(base_width=4, max_width=16, depth=depth, norm=norm, deep_supervision=False))
+    out = model(torch.randn(2, 4, 33, 34, 35))
+    assert out.shape == (2, len(MODEL_REGIONS), 33, 34, 35)
+
+
+def test_deep_supervision_outputs_only_while_training():
+    model = UNet3D(ModelParams(base_width=4, max_width=16, depth=4, norm="instance", deep_supervision=True))
+    outs = model(torch.randn(1, 4, 33, 34, 35))
+    assert [tuple(o.shape[2:]) for o in outs] == [(33, 34, 35), (17, 17, 18), (9, 9, 9)]
+    model.eval()
+    assert model(torch.randn(1, 4, 33, 34, 35)).shape == (1, 4, 33, 34, 35)
+
+
+def test_widths_double_up_to_the_cap():
+    assert widths(ModelParams(32, 320, 6, "instance", True)) == [32, 64, 128, 256, 320, 320]
+    assert widths(ModelParams(8, 64, 4, "instance", True)) == [8, 16, 32, 64]
+
+
+def test_nnunet_sized_setting_has_nnunets_parameter_count():
+    # nnU-Net's PlainConvUNet at 32->320, 6 stages has 31.2 M parameters (../shared/PERF.md); ours has
+    # the same convolutions without conv biases (the norm removes them), so it is within 1 %.
+    model = UNet3D(ModelParams(32, 320, 6, "instance", True))
+    n = sum(p.numel() for p in model.parameters())
+    assert 30.9e6 < n < 31.3e6, n
+
+
+def test_gradients_reach_every_parameter():
+    model = UNet3D(ModelParams(base_width=4, max_width=16, depth=3, norm="instance", deep_supervision=True))
+    outs = model(torch.randn(1, 4, 16, 16, 16))
+    sum(o.sum() for o in outs).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

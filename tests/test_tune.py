@@ -1,0 +1,105 @@
+"""The tune stage: a tiny real study that prunes, writes its outputs and resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import optuna
+import pytest
+
+import train as train_module
+import tune
+from params import SearchRange
+
+
+@pytest.fixture
+def tune_params(tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    def build(**over):
+        defaults = {"paths__tune_dir": str(tmp_path / "tune"), "tune__epochs": 3, "tune__pruner": "median",
+                    "tune__storage": ""}
+        return tiny_params(**{**defaults, **over})
+    return build
+
+
+def trials_in(params) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=tune.study_name(params), storage=tune.storage_for(params))
+    return study.trials
+
+
+def test_tiny_study_prunes_writes_outputs_and_feeds_train(tune_params, tmp_path):
+    # a range from hopeless to useful learning rates, so that the median pruner has work to do
+    params = tune_params(tune__trials=6)
+    params = dataclasses.replace(params, tune=dataclasses.replace(params.tune, lr=SearchRange(1e-7, 3e-2, True)))
+    result = tune.tune(params)
+    states = [t.state for t in trials_in(params)]
+    assert len(states) == 6 and optuna.trial.TrialState.PRUNED in states
+    assert result["complete"] + result["pruned"] == 6
+    best = json.loads((tmp_path / "tune" / "best_params.json").read_text())
+    assert set(best["best"]) == {"lr", "weight_decay", "beta1", "beta2"}
+    assert 1e-7 <= best["best"]["lr"] <= 3e-2
+    rows = (tmp_path / "tune" / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 7 and "params_lr" in rows[0]
+    assert (tmp_path / "tune" / "history.png").stat().st_size > 0 and (tmp_path / "tune" / "importance.png").exists()
+    # precedence: `tuned` keys take the study's best value...
+    resolved = train_module.resolve_tuned(dataclasses.replace(params, lr="tuned", beta2="tuned"))
+    assert resolved.lr == best["best"]["lr"] and resolved.beta2 == best["best"]["beta2"]
+    assert resolved.beta1 == params.beta1                      # not `tuned`: the number stays
+    # ...and a number set in params.yaml (or by `dvc exp run -S lr=...`) wins over it
+    assert train_module.resolve_tuned(tune_params(lr=1e-5)).lr == 1e-5
+
+
+def test_interrupted_tune_resumes_without_repeating_trials(tune_params, monkeypatch):
+    params = tune_params(tune__trials=3, tune__pruner="none")
+    real = tune.train
+    calls = []
+
+    def dies_in_second_trial(p, report=None):
+        calls.append(p.lr)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(p, report)
+    monkeypatch.setattr(tune, "train", dies_in_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        tune.tune(params)
+    first = [t for t in trials_in(params) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(first) == 1
+    monkeypatch.setattr(tune, "train", real)
+    tune.tune(params)
+    trials = trials_in(params)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert complete[0].number == first[0].number and complete[0].params == first[0].params  # kept, not rerun
+
+
+def test_zero_trials_skip_tuning_and_train_needs_numbers(tune_params, tmp_path):
+    from errors import UserError
+    params = tune_params(tune__trials=0)
+    result = tune.tune(params)
+    assert result["best"] == {} and (tmp_path / "tune" / "best_params.json").exists()
+    tuned = dataclasses.replace(params, lr="tuned", weight_decay="tuned", beta1="tuned", beta2="tuned")
+    with pytest.raises(UserError, match=r"lr, weight_decay, beta1, beta2: `tuned` in params.yaml.*tune.trials is 0"):
+        train_module.resolve_tuned(tuned)
+    numbers = tune_params(tune__trials=0, lr=0.001, weight_decay=0.0, beta1=0.9, beta2=0.999)
+    assert train_module.resolve_tuned(numbers).lr == 0.001
+
+
+def test_changed_search_space_starts_a_new_study(tune_params):
+    a = tune_params(tune__trials=1)
+    b = tune_params(tune__trials=1, tune__epochs=2)
+    assert tune.study_name(a) != tune.study_name(b)
+    assert tune.study_name(a) == tune.study_name(tune_params(tune__trials=5))  # more trials: same study
+
+
+def test_journal_storage(tune_params, tmp_path):
+    params = tune_params(tune__trials=1, tune__storage="journal:optuna.log", tune__pruner="none")
+    tune.tune(params)
+    assert (tmp_path / "optuna.log").exists()
+    assert len(trials_in(params)) == 1
+
+
+def test_bad_storage_url_is_named(tune_params):
+    from errors import UserError
+    with pytest.raises(UserError, match="tune.storage 'nosuchdb://x'"):
+        tune.storage_for(tune_params(tune__storage="nosuchdb://x"))
