@@ -42,7 +42,7 @@ from inference import autocast_for, predict_probs, probs_to_labels
 from losses import combined_loss, deep_supervision_loss
 from metrics import mean_scores, region_scores
 from model import UNet3D
-from params import OPTIMIZER_KEYS, Params, load_params
+from params import OPTIMIZER_KEYS, LossParams, Params, load_params
 from tracking import Tracker
 
 WEIGHTS_FILE = "model.pt"     # best weights by validation mean IoU
@@ -129,13 +129,28 @@ def setup_runtime(params: Params) -> Runtime:
     return Runtime(device, precision, rank, world)
 
 
+# Params that cannot change the weights: a checkpoint stays resumable, a study stays the same study.
+NOT_IN_FINGERPRINT = ("train.workers", "train.mlflow", "train.wandb", "train.experiment")
+
+
 def fingerprint(params: Params) -> str:
     """Identifies a training run's inputs: a resume checkpoint is used only when this matches."""
     pre = params.paths.preprocessed_dir
-    digest = hashlib.sha256(json.dumps(flat_params(params), sort_keys=True).encode())
+    relevant = {k: v for k, v in flat_params(params).items() if k not in NOT_IN_FINGERPRINT}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for name in ("manifest.json", "splits.json"):
         digest.update((pre / name).read_bytes())
     return digest.hexdigest()
+
+
+def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossParams,
+                 device: torch.device, precision: str) -> torch.Tensor:
+    """One batch's loss: images (B, 4, P, P, P) and labels (B, P, P, P) in, scalar out."""
+    x = x.to(device, non_blocking=True)
+    target = labels_to_regions(y.to(device, non_blocking=True)).transpose(0, 1)  # (B, R, P, P, P) bool
+    with autocast_for(device, precision):
+        out = model(x)
+    return deep_supervision_loss(out, target, loss) if isinstance(out, list) else combined_loss(out, target, loss)
 
 
 def lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
@@ -269,12 +284,7 @@ def train(params: Params, report: Callable[[int, dict], None] | None = None) -> 
                        leave=False)
             t0 = time.time()
             for step, (x, y) in enumerate(bar):
-                x = x.to(rt.device, non_blocking=True)                      # (B, 4, P, P, P)
-                target = labels_to_regions(y.to(rt.device)).transpose(0, 1)  # (B, R, P, P, P) bool
-                with autocast_for(rt.device, rt.precision):
-                    out = model(x)
-                loss = deep_supervision_loss(out, target, tp.loss) if isinstance(out, list) \
-                    else combined_loss(out, target, tp.loss)
+                loss = forward_loss(model, x, y, tp.loss, rt.device, rt.precision)
                 value = loss.detach()
                 if rt.world > 1:
                     dist.all_reduce(value, op=dist.ReduceOp.AVG)

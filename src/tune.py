@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
@@ -55,7 +56,7 @@ def study_name(params: Params) -> str:
     """`tune.study` plus a hash of the search space, trial length and the train inputs."""
     space = {k: dataclasses.asdict(getattr(params.tune, k)) for k in OPTIMIZER_KEYS}
     setting = {"space": space, "epochs": params.tune.epochs, "pruner": params.tune.pruner,
-               "train": fingerprint(dataclasses.replace(params, **{k: 0.0 for k in OPTIMIZER_KEYS}))}
+               "train": fingerprint(trial_params(params, {k: 0.0 for k in OPTIMIZER_KEYS}))}
     digest = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:10]
     return f"{params.tune.study}-{digest}"
 
@@ -148,6 +149,8 @@ def write_plots(study: optuna.Study, out_dir: Path) -> None:
 def tune(params: Params) -> dict:
     tp = params.tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats and the matplotlib plots are marked experimental; they are what we want here
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = storage_for(params)
     study = optuna.create_study(study_name=study_name(params), storage=storage, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=params.base.seed),

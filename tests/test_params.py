@@ -25,7 +25,7 @@ def write_params(tmp_path: Path, edit) -> Path:
 
 def test_repository_params_load():
     p = load_params(ROOT / "params.yaml")
-    assert isinstance(p.lr, float) and p.lr > 0
+    assert p.lr == "tuned" or (isinstance(p.lr, float) and p.lr > 0)
     assert p.synthesize.grid == (91, 109, 91)
     assert p.paths.raw_dir.is_absolute() and p.paths.raw_dir.parent.parent == ROOT
 
@@ -39,6 +39,13 @@ def test_dvc_exp_style_float_text_is_a_float(tmp_path):
     assert yaml.safe_load(path.read_text())["lr"] == "1e-05"  # the trap is real
     p = load_params(path)
     assert p.lr == 1e-5 and type(p.lr) is float
+
+
+def test_tuned_marker_or_a_number():
+    assert load_params(ROOT / "params.yaml", {"lr": "tuned"}).lr == "tuned"
+    assert load_params(ROOT / "params.yaml", {"lr": "1e-4"}).lr == 1e-4
+    with pytest.raises(ParamsError, match=r"lr: expected a number.*or.*expected one of tuned"):
+        load_params(ROOT / "params.yaml", {"lr": "tunde"})
 
 
 def test_integer_accepted_for_float():

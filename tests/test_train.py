@@ -157,6 +157,8 @@ def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
         section, *rest = key.split(".")
         if rest:
             raw[section][rest[0]] = value
+        else:
+            raw[section] = value
     raw["paths"]["preprocessed_dir"] = str(tiny_data / "data" / "preprocessed")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -1,0 +1,155 @@
+"""All benchmarks in one table: training step (ours and nnU-Net's PlainConvUNet, same process), data
+loader, full-case inference, preprocessing.
+
+    python bench/run.py            # full settings (meant for one GPU): batch 2 of 4 x 128^3, 32->320
+    python bench/run.py --quick    # small CPU settings, seconds; CI runs this so the code never rots
+
+Train step = forward + backward + optimizer step in our training configuration (Adam, Dice + BCE on
+the region channels, deep supervision, autocast), median of --steps after --warmup, synchronised on
+CUDA. The reference network needs `pip install --no-deps dynamic-network-architectures==0.4.4`; it is
+skipped (and said so) when that is missing. Prints device, versions and settings for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from inference import predict_probs  # noqa: E402
+from model import UNet3D  # noqa: E402
+from params import LossParams, ModelParams, load_params  # noqa: E402
+from train import forward_loss  # noqa: E402
+
+LOSS = LossParams(dice=1.0, tversky=0.0, bce=1.0, tversky_alpha=0.4, tversky_beta=0.6)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def plain_conv_unet(config: ModelParams) -> torch.nn.Module | None:
+    """nnU-Net's PlainConvUNet with the same stages, or None when the package is not installed."""
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    except ImportError:
+        return None
+    w = [min(config.base_width * 2 ** i, config.max_width) for i in range(config.depth)]
+    return PlainConvUNet(4, config.depth, w, torch.nn.Conv3d, 3, [1] + [2] * (config.depth - 1), [2] * config.depth,
+                         4, [2] * (config.depth - 1), False, torch.nn.InstanceNorm3d, {"eps": 1e-5, "affine": True},
+                         None, None, torch.nn.LeakyReLU, {"inplace": True}, deep_supervision=config.deep_supervision)
+
+
+def bench_train_step(model: torch.nn.Module, batch: int, patch: int, device: torch.device, precision: str,
+                     steps: int, warmup: int) -> dict:
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 4, patch, patch, patch, device=device)
+    y = torch.randint(0, 5, (batch, patch, patch, patch), device=device, dtype=torch.uint8)
+
+    def step():
+        loss = forward_loss(model, x, y, LOSS, device, precision)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = median_time(step, steps, warmup, device)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+    return {"ms/step": seconds * 1e3, "patches/s": batch / seconds, "peak GB": peak}
+
+
+def bench_loader(pre_dir: Path, patch: int, batch: int, workers: int, batches: int) -> float:
+    """Patches per second the DataLoader delivers from the preprocessed arrays."""
+    from torch.utils.data import DataLoader
+
+    from dataset import PatchDataset, load_split
+    dataset = PatchDataset(pre_dir, load_split(pre_dir, "train"), (patch,) * 3, batches * batch, 0.33, True, 0)
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available())
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    t = time.perf_counter()
+    n = sum(x.shape[0] for x, _ in it)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small CPU settings (CI)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=12, help="DataLoader workers for the loader benchmark")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    if args.quick:
+        config, batch, patch, steps, warmup, grid, spacing = ModelParams(8, 64, 4, "instance", True), 2, 32, 3, 1, \
+            (91, 109, 91), 2.0
+        args.workers = min(args.workers, 2)
+    else:
+        config, batch, patch, steps, warmup, grid, spacing = ModelParams(32, 320, 6, "instance", True), 2, 128, \
+            args.steps, args.warmup, (182, 218, 182), 1.0
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}; torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; {precision}; "
+          f"batch {batch} x 4 x {patch}^3; widths {config.base_width}->{config.max_width}, {config.depth} levels")
+    rows = []
+    torch.manual_seed(0)
+    ours = bench_train_step(UNet3D(config), batch, patch, device, precision, steps, warmup)
+    rows.append(("train step, ours", ours))
+    reference = plain_conv_unet(config)
+    if reference is None:
+        print("reference skipped: pip install --no-deps dynamic-network-architectures==0.4.4")
+    else:
+        ref = bench_train_step(reference, batch, patch, device, precision, steps, warmup)
+        rows.append(("train step, nnU-Net PlainConvUNet", ref))
+        rows.append(("speed-up, ours / reference", {"ratio": ref["ms/step"] / ours["ms/step"]}))
+    with tempfile.TemporaryDirectory() as tmp:
+        from preprocess import preprocess
+        from synthesize import synthesize
+        params = load_params(overrides={"synthesize.patients": 4, "synthesize.visits": 1,
+                                        "synthesize.grid": list(grid), "synthesize.spacing_mm": spacing,
+                                        "paths.synthetic_dir": f"{tmp}/raw", "paths.raw_dir": f"{tmp}/raw",
+                                        "paths.preprocessed_dir": f"{tmp}/pre", "preprocess.workers": 2,
+                                        "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25})
+        synthesize(params.synthesize, 0, params.paths.synthetic_dir)
+        t = time.perf_counter()
+        preprocess(params)
+        rows.append(("preprocess", {"cases/s": 4 / (time.perf_counter() - t)}))
+        rate = bench_loader(params.paths.preprocessed_dir, patch, batch, args.workers, 4 if args.quick else 50)
+        rows.append((f"loader, {args.workers} workers", {"patches/s": rate,
+                                                          "x GPU need": rate / ours["patches/s"]}))
+        model = UNet3D(config).to(device).eval()
+        image = torch.zeros((4, *grid))
+        image[:, 5:-5, 5:-5, 5:-5] = torch.randn(4, grid[0] - 10, grid[1] - 10, grid[2] - 10)
+        for mirror in (False, True):
+            s = median_time(lambda: predict_probs(model, image, (patch,) * 3, 0.5, 4, mirror, precision),
+                            1 if args.quick else 3, 1, device)
+            rows.append((f"full case {grid}, mirror={mirror}", {"s/case": s}))
+    for name, values in rows:
+        print(f"{name:<42}" + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    main()

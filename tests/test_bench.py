@@ -1,0 +1,20 @@
+"""The benchmarks' quick CPU mode runs, so that bench/ never rots (it measures nothing here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run():
+    done = subprocess.run([sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("train step, ours", "preprocess", "loader, 2 workers", "mirror=True"):
+        assert row in done.stdout

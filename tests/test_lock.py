@@ -1,0 +1,36 @@
+"""dvc.lock describes the committed code and params: `dvc status` finds nothing changed but data
+that is simply not here (a clean clone has no data until `dvc pull` or `dvc repro`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_lock_matches_code_and_params():
+    done = subprocess.run(["dvc", "status", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout or "{}")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(stages), "a stage of dvc.yaml has never been run into dvc.lock"
+    produced = {o["path"] for s in lock.values() for o in s.get("outs", [])}
+    problems = []
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):
+                problems.append(f"{stage}: {change}")
+                continue
+            for kind in ("changed command", "changed params"):
+                if kind in change:
+                    problems.append(f"{stage}: {kind} {change[kind]}")
+            for path, state in change.get("changed deps", {}).items():
+                # missing data made by another stage is fine; changed code or inputs are not
+                if not (state == "deleted" and path in produced):
+                    problems.append(f"{stage}: dep {path} {state}")
+    assert not problems, "dvc.lock is stale; run `dvc repro` and commit dvc.lock:\n" + "\n".join(problems)
