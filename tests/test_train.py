@@ -168,3 +168,17 @@ def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
     assert saved["epoch"] >= 1
     assert done.stdout.count("best epoch") == 1                 # one report, from rank 0
     assert not (tmp_path / "checkpoints" / RESUME_FILE).exists()
+
+
+def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path, monkeypatch):
+    from tracking import Tracker
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))                  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.warns(UserWarning, match="no credentials.*offline"):
+        tracker = Tracker("t", "e", {"lr": 1e-5}, use_mlflow=False, wandb_mode="offline")
+    assert tracker.wandb is not None and tracker.wandb.settings.mode == "offline"
+    tracker.log({"loss": 1.0}, step=1)
+    tracker.finish(True)
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
