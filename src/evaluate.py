@@ -16,10 +16,6 @@ and prints a table.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +25,7 @@ from tqdm import tqdm
 from brats import MODALITIES, REGIONS
 from dataset import load_split, open_case, read_json
 from errors import UserError, run_stage
+from files import write_csv, write_json
 from geometry import restore
 from inference import predict_probs, probs_to_labels
 from metrics import LESION_DILATION, mean_scores, region_scores
@@ -58,13 +55,6 @@ def table(mean: dict) -> str:
     rows = [f"{r:<6}" + "".join(f"{mean[r][k]:>17.4f}" for k in KEYS) +
             "".join(f"{mean[r][k]:>6d}" for k in ("tp", "fp", "fn")) for r in mean]
     return "\n".join([head, *rows])
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- scorer ---------------------------------------------------------------------------------------
@@ -160,22 +150,11 @@ def evaluate(params: Params) -> dict:
     metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
     metrics["lesions"] = {r: {k: mean[r][k] for k in ("tp", "fp", "fn")} for r in REGIONS}
     metrics["cases"] = len(cases)
-    write_text(paths.metrics_dir / "evaluate.json", json.dumps(metrics, indent=1) + "\n")
-    write_cases_csv(paths.metrics_dir / "evaluate_cases.csv", per_case)
+    write_json(paths.metrics_dir / "evaluate.json", metrics)
+    write_csv(paths.metrics_dir / "evaluate_cases.csv", ["case"] + [f"{k}_{r}" for k in KEYS for r in REGIONS],
+              ([case] + [round(s[r][k], 4) for k in KEYS for r in REGIONS] for case, s in per_case.items()))
     print(table(mean))
     return metrics
-
-
-def write_cases_csv(path: Path, per_case: dict) -> None:
-    columns = ["case"] + [f"{k}_{r}" for k in KEYS for r in REGIONS]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for case, s in per_case.items():
-            writer.writerow([case] + [round(s[r][k], 4) for k in KEYS for r in REGIONS])
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--pred, --gt and --out go together")
     if all(given):
         result = score_folders(args.pred, args.gt)
-        write_text(args.out, json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result)
         print(table(result["mean"]))
         return
     evaluate(load_params())

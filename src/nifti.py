@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from brats import MAX_LABEL, MODALITIES, SEG, case_file
 from errors import UserError
+from files import atomic_write
 
 # Modalities of one case are co-registered; their affines may differ only by rounding in the header.
 AFFINE_TOLERANCE_MM = 1e-3
@@ -36,11 +36,12 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     payload = img.to_bytes()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                               compresslevel=1) as gz:
-        gz.write(payload)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                   compresslevel=1) as gz:
+            gz.write(payload)
+    atomic_write(path, write)
 
 
 def _load(case: str, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,6 @@ whatever happens. Workers each hold one case at a time, so memory does not grow 
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from brats import EDITION, MODALITIES, is_case_dir, patient_of
 from errors import UserError, run_stage
+from files import write_json
 from geometry import Box, crop, foreground_box, to_canonical
 from nifti import CaseError, RawCase, read_case
 from params import Params, PreprocessParams, load_params
@@ -161,13 +161,6 @@ def split_cases(manifest: dict[str, dict], p: PreprocessParams, seed: int) -> di
     which = {patient: name for name, group in by_patient.items() for patient in group}
     return {name: sorted(c for c, e in manifest.items() if which[e["patient"]] == name)
             for name in ("train", "val", "test")}
-
-
-def write_json(path: Path, obj: object) -> None:
-    """Write JSON atomically with sorted keys, so the bytes depend only on the content."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def preprocess(params: Params) -> dict:

@@ -16,7 +16,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from brats import MODEL_REGIONS, REGIONS, labels_to_regions
 from dataset import PatchDataset, load_split, open_case, read_json
 from errors import UserError, run_stage
+from files import atomic_write, write_csv, write_json
 from inference import autocast_for, predict_probs, probs_to_labels
 from losses import combined_loss, deep_supervision_loss
 from metrics import mean_scores, region_scores
@@ -162,10 +162,7 @@ def lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def weights_file(state_dict: dict, params: Params, epoch: int, val: dict) -> dict:
@@ -219,14 +216,9 @@ def validate(model: torch.nn.Module, params: Params, rt: Runtime, cases: list[st
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One row per epoch; validation columns stay empty in epochs without validation."""
     columns = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    write_csv(path, columns, ([row.get(k, "") for k in columns] for row in history))
 
 
 def train(params: Params, report: Callable[[int, dict], None] | None = None) -> dict:
@@ -349,10 +341,7 @@ def finish(params: Params, model: torch.nn.Module, best_state: dict | None, best
     chosen = weights_file(best_state, params, best["epoch"], metrics["best"]) if best_state else last
     atomic_save(chosen, paths.models_dir / WEIGHTS_FILE)
     atomic_save(last, paths.models_dir / LAST_FILE)
-    paths.metrics_dir.mkdir(parents=True, exist_ok=True)
-    tmp = paths.metrics_dir / ".train.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, paths.metrics_dir / "train.json")
+    write_json(paths.metrics_dir / "train.json", metrics)
     write_history(paths.metrics_dir / "train_history.csv", history)
     if tracker:
         tracker.log({f"best_{k}": v for k, v in metrics["best"].items()}, step=metrics["epochs"])

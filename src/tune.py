@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import optuna
 
 from errors import UserError, run_stage
+from files import write_json, write_text
 from params import OPTIMIZER_KEYS, Params, load_params
 from tracking import Tracker, tracking_root
 from train import BEST_PARAMS_FILE, fingerprint, train
@@ -117,12 +117,10 @@ def write_outputs(study: optuna.Study, params: Params) -> dict:
               "complete": len(complete), "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
               "best": dict(best.params) if best else {}, "best_value": best.value if best else None,
               "best_trial": best.number if best else None}
-    tmp = out_dir / f".{BEST_PARAMS_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out_dir / BEST_PARAMS_FILE)
+    write_json(out_dir / BEST_PARAMS_FILE, result)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration")) \
         if study.trials else None
-    (out_dir / "trials.csv").write_text(frame.to_csv(index=False) if frame is not None else "number,value,state\n")
+    write_text(out_dir / "trials.csv", frame.to_csv(index=False) if frame is not None else "number,value,state\n")
     write_plots(study, out_dir)
     return result
 
