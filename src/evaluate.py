@@ -30,7 +30,7 @@ from geometry import restore
 from inference import predict_probs, probs_to_labels
 from metrics import LESION_DILATION, mean_scores, region_scores
 from model import load_model
-from nifti import AFFINE_TOLERANCE_MM, CaseError, labels_from_array, write_nifti
+from nifti import AFFINE_TOLERANCE_MM, labels_from_array, load_volume, write_nifti
 from params import Params, load_params
 from preprocess import spacing_of
 
@@ -67,13 +67,9 @@ def gt_file(gt_dir: Path, case: str) -> Path:
 
 
 def load_labels(path: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:
-        raise CaseError(f"{case}: cannot read {path.name}: {type(e).__name__}: {e}") from None
-    return labels_from_array(data, f"{case}: {path.name}"), img.affine
+    """A label map (uint8, checked to be 0..4) and its affine."""
+    data, affine = load_volume(case, path)
+    return labels_from_array(data, f"{case}: {path.name}"), affine
 
 
 def score_folders(pred_dir: Path, gt_dir: Path) -> dict:

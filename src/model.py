@@ -16,7 +16,6 @@ from torch import nn
 from brats import MODALITIES, MODEL_REGIONS
 from params import ModelParams
 
-Norm = str  # "instance" | "group" | "batch", checked by params.py
 
 
 def widths(config: ModelParams) -> list[int]:
@@ -24,7 +23,7 @@ def widths(config: ModelParams) -> list[int]:
     return [min(config.base_width * 2 ** i, config.max_width) for i in range(config.depth)]
 
 
-def make_norm(kind: Norm, channels: int) -> nn.Module:
+def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True)
     if kind == "group":
@@ -35,21 +34,21 @@ def make_norm(kind: Norm, channels: int) -> nn.Module:
 class ConvNormAct(nn.Sequential):
     """3×3×3 convolution, normalisation, LeakyReLU(0.01) (nnU-Net's block)."""
 
-    def __init__(self, cin: int, cout: int, norm: Norm, stride: int = 1):
+    def __init__(self, cin: int, cout: int, norm: str, stride: int = 1):
         # no conv bias: the normalisation that follows removes it anyway
         super().__init__(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
                          make_norm(norm, cout), nn.LeakyReLU(0.01, inplace=True))
 
 
 class TwoConv(nn.Sequential):
-    def __init__(self, cin: int, cout: int, norm: Norm, stride: int = 1):
+    def __init__(self, cin: int, cout: int, norm: str, stride: int = 1):
         super().__init__(ConvNormAct(cin, cout, norm, stride), ConvNormAct(cout, cout, norm))
 
 
 class Up(nn.Module):
     """Upsample ×2 with a transposed conv, concatenate the skip, then two convs."""
 
-    def __init__(self, cin: int, cskip: int, cout: int, norm: Norm):
+    def __init__(self, cin: int, cskip: int, cout: int, norm: str):
         super().__init__()
         self.up = nn.ConvTranspose3d(cin, cskip, 2, stride=2, bias=False)
         self.convs = TwoConv(2 * cskip, cout, norm)

@@ -44,8 +44,8 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def _load(case: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Array and affine of one file; any read failure becomes a CaseError naming the file."""
+def load_volume(case: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Array and affine of one 3D file; any read failure becomes a CaseError naming the file."""
     if not path.exists():
         raise CaseError(f"{case}: missing file {path.name} (expected in {path.parent})")
     try:
@@ -67,7 +67,7 @@ def read_case(case_dir: Path, with_seg: bool) -> RawCase:
     images, affine, shape, ref = [], None, None, None
     for mod in MODALITIES:
         path = case_file(case_dir, mod)
-        data, aff = _load(case, path)
+        data, aff = load_volume(case, path)
         if shape is None:
             shape, affine, ref = data.shape, aff, path.name
         _check_geometry(case, path.name, data.shape, aff, ref, shape, affine)
@@ -93,7 +93,7 @@ def _check_geometry(case: str, name: str, shape: tuple, affine: np.ndarray, ref:
 def _read_seg(case_dir: Path, ref: str, shape: tuple, affine: np.ndarray) -> np.ndarray:
     case = case_dir.name
     path = case_file(case_dir, SEG)
-    data, aff = _load(case, path)
+    data, aff = load_volume(case, path)
     _check_geometry(case, path.name, data.shape, aff, ref, shape, affine)
     return labels_from_array(data, f"{case}: {path.name}")
 

@@ -70,9 +70,6 @@ class Tracker:
         if self.wandb:
             self.wandb.save(str(path), base_path=str(path.parent), policy="now")
 
-    def run_id(self) -> str | None:
-        return self.mlflow.active_run().info.run_id if self.mlflow and self.mlflow.active_run() else None
-
     def finish(self, ok: bool) -> None:
         if self.mlflow:
             self.mlflow.end_run(status="FINISHED" if ok else "FAILED")

@@ -233,7 +233,7 @@ def train(params: Params, report: Callable[[int, dict], None] | None = None) -> 
     rt = setup_runtime(params)
     train_cases = load_split(paths.preprocessed_dir, "train")
     val_cases = load_split(paths.preprocessed_dir, "val")
-    read_json(paths.preprocessed_dir / "manifest.json", "the case manifest")
+    read_json(paths.preprocessed_dir / "manifest.json", "the case manifest")  # a clear error, not a traceback
 
     torch.manual_seed(params.base.seed)
     raw_model = UNet3D(params.model).to(rt.device)

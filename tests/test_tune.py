@@ -103,3 +103,17 @@ def test_bad_storage_url_is_named(tune_params):
     from errors import UserError
     with pytest.raises(UserError, match="tune.storage 'nosuchdb://x'"):
         tune.storage_for(tune_params(tune__storage="nosuchdb://x"))
+
+
+def test_each_trial_is_a_nested_mlflow_run(tune_params, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tune_params(tune__trials=2, tune__pruner="none", train__mlflow=True)
+    tune.tune(params)
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[params.train.experiment], output_format="list")
+    parent = [r for r in runs if r.info.run_name == "tune"]
+    trials = [r for r in runs if r.info.run_name.startswith("trial-")]
+    assert len(parent) == 1 and len(trials) == 2
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id for r in trials)
+    assert all("lr" in r.data.params and "val_mean_iou" in r.data.metrics for r in trials)
