@@ -7,44 +7,13 @@ it, however many workers there are, and after a resume: determinism does not han
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import UserError
-from preprocess import IMAGE_FILE, LABEL_FILE
-
-
-def read_json(path: Path, what: str, stage: str = "preprocess") -> dict:
-    """A JSON file another stage wrote; if it is missing or broken, say which stage makes it."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found ({what}): run `dvc repro {stage}` first") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}): rerun `dvc repro -f {stage}`") from None
-
-
-def load_split(pre_dir: Path, split: str) -> list[str]:
-    """Case names of one split ("train", "val" or "test") written by preprocess."""
-    cases = read_json(pre_dir / "splits.json", "the train/val/test split")[split]
-    if not cases:
-        raise UserError(f"the {split} split in {pre_dir / 'splits.json'} is empty; add cases or change "
-                        "preprocess.val_fraction / test_fraction")
-    return cases
-
-
-def open_case(pre_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-mapped (4, X, Y, Z) float32 image and (X, Y, Z) uint8 labels of one case."""
-    folder = pre_dir / "cases" / case
-    try:
-        return (np.load(folder / IMAGE_FILE, mmap_mode="r"), np.load(folder / LABEL_FILE, mmap_mode="r"))
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(f"preprocessed case {folder} is missing or damaged ({e}); "
-                        "rerun `dvc repro -f preprocess`") from None
+from layout import open_case
 
 
 def choose_corner(rng: np.random.Generator, label: np.ndarray, patch: tuple[int, int, int],

@@ -1,4 +1,4 @@
-"""The one exception type a user can cause, and how a stage reports it."""
+"""The one exception type a user can cause, and how a stage reports errors: one line, no traceback."""
 
 from __future__ import annotations
 
@@ -10,10 +10,21 @@ class UserError(Exception):
     """Bad input or params: the message says what was wrong, where, and what to do."""
 
 
+def describe_os_error(e: OSError) -> str:
+    """`<path>: <reason>` for an error of the machine: a full disk, a read-only or missing folder…"""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = e.strerror or str(e)
+    return f"{paths}: {reason}" if paths else reason
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); report a UserError as one clear line and exit 1, without a traceback."""
+    """Run a stage's main(); report a UserError or an error of the machine (disk, folders, permissions)
+    as one clear line and exit 1, without a traceback."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"error: {describe_os_error(e)} (check free space, permissions and the path)", file=sys.stderr)
         sys.exit(1)

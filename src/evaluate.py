@@ -19,34 +19,23 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from brats import MODALITIES, REGIONS
-from dataset import load_split, open_case, read_json
 from errors import UserError, run_stage
-from files import write_csv, write_json
+from files import atomic_folder, write_csv, write_json
 from geometry import restore
 from inference import predict_probs, probs_to_labels
-from metrics import LESION_DILATION, mean_scores, region_scores
-from model import load_model
+from layout import load_manifest, load_split, open_case
+from metrics import case_scores, mean_scores
 from nifti import AFFINE_TOLERANCE_MM, labels_from_array, load_volume, write_nifti
 from params import Params, load_params
-from preprocess import spacing_of
+from prepare import spacing_of
+from runtime import default_device, resolve_precision
+from weights import load_model
 
 KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
-
-
-def score(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float]) -> dict:
-    """All metrics of one case, computed on the box around both label maps (same result, faster)."""
-    both = (pred > 0) | (gt > 0)
-    if both.any():
-        margin = max(LESION_DILATION.values()) + 1
-        hits = np.argwhere(both)
-        lo, hi = np.maximum(hits.min(0) - margin, 0), np.minimum(hits.max(0) + margin + 1, pred.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        pred, gt = pred[box], gt[box]
-    return region_scores(pred, gt, spacing)
+OVERLAYS_DIR = "overlays"
 
 
 def table(mean: dict) -> str:
@@ -72,8 +61,9 @@ def load_labels(path: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     return labels_from_array(data, f"{case}: {path.name}"), affine
 
 
-def score_folders(pred_dir: Path, gt_dir: Path) -> dict:
-    """Scores of every prediction in pred_dir; every ground-truth case must have one."""
+def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False) -> dict:
+    """Scores of every prediction in pred_dir; every ground-truth case must have one.
+    `label_map_quirk`: legacy HD95 as the official code computes it (metrics.region_scores)."""
     if not pred_dir.is_dir() or not gt_dir.is_dir():
         raise UserError(f"--pred {pred_dir} and --gt {gt_dir} must both be folders")
     gt_cases = sorted({p.name.removesuffix("-seg.nii.gz") for p in gt_dir.rglob("*-seg.nii.gz")})
@@ -91,7 +81,7 @@ def score_folders(pred_dir: Path, gt_dir: Path) -> dict:
         if not np.allclose(pred_affine, gt_affine, atol=AFFINE_TOLERANCE_MM, rtol=0):
             raise UserError(f"{case}: the prediction's affine differs from the ground truth's; write "
                             "predictions on the input's grid (src/predict.py does)")
-        cases[case] = score(pred, gt, spacing_of(gt_affine))
+        cases[case] = case_scores(pred, gt, spacing_of(gt_affine), label_map_quirk)
     return {"cases": cases, "mean": mean_scores(list(cases.values()))}
 
 
@@ -117,38 +107,40 @@ def overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, tit
         ax.axis("off")
     fig.suptitle(f"{title}  (red NETC, green SNFH, yellow ET, blue RC)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
 def evaluate(params: Params) -> dict:
+    """The DVC stage. Predictions and overlays are written beside their folders and swapped in at the
+    end with the metrics files, so a killed run leaves the previous set whole."""
     paths, ep = params.paths, params.evaluate
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, saved = load_model(paths.models_dir / "model.pt", device)
-    patch = tuple(saved["params"]["train.patch"])
-    manifest = read_json(paths.preprocessed_dir / "manifest.json", "the case manifest")["cases"]
+    device = default_device()
+    model, spec = load_model(paths.models_dir / "model.pt", device)
+    manifest = load_manifest(paths.preprocessed_dir)
     cases = load_split(paths.preprocessed_dir, "test")
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision("auto", device)
     per_case = {}
-    paths.predictions_dir.mkdir(parents=True, exist_ok=True)
-    for i, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
-        image, gt = open_case(paths.preprocessed_dir, case)
-        pred = probs_to_labels(predict_probs(model, image, patch, ep.overlap, ep.batch, ep.mirror, precision))
-        entry = manifest[case]
-        per_case[case] = score(pred, np.asarray(gt), tuple(entry["spacing_mm"]))
-        original = restore(pred, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),
-                           np.array(entry["original_affine"]))
-        write_nifti(paths.predictions_dir / f"{case}.nii.gz", original, np.array(entry["original_affine"]))
-        if i < ep.overlays:
-            overlay(paths.metrics_dir / "overlays" / f"{case}.png", np.asarray(image), np.asarray(gt), pred, case)
-    mean = mean_scores(list(per_case.values()))
-    metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
-    metrics["lesions"] = {r: {k: mean[r][k] for k in ("tp", "fp", "fn")} for r in REGIONS}
-    metrics["cases"] = len(cases)
-    write_json(paths.metrics_dir / "evaluate.json", metrics)
-    write_csv(paths.metrics_dir / "evaluate_cases.csv", ["case"] + [f"{k}_{r}" for k in KEYS for r in REGIONS],
-              ([case] + [round(s[r][k], 4) for k in KEYS for r in REGIONS] for case, s in per_case.items()))
+    with atomic_folder(paths.predictions_dir) as predictions, \
+            atomic_folder(paths.metrics_dir / OVERLAYS_DIR) as overlays:
+        for i, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
+            image, gt = open_case(paths.preprocessed_dir, case)
+            pred = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
+                                                 precision))
+            entry = manifest[case]
+            per_case[case] = case_scores(pred, np.asarray(gt), tuple(entry["spacing_mm"]))
+            original = restore(pred, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),
+                               np.array(entry["original_affine"]))
+            write_nifti(predictions / f"{case}.nii.gz", original, np.array(entry["original_affine"]))
+            if i < ep.overlays:
+                overlay(overlays / f"{case}.png", np.asarray(image), np.asarray(gt), pred, case)
+        mean = mean_scores(list(per_case.values()))
+        metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
+        metrics["lesions"] = {r: {k: mean[r][k] for k in ("tp", "fp", "fn")} for r in REGIONS}
+        metrics["cases"] = len(cases)
+        write_json(paths.metrics_dir / "evaluate.json", metrics)
+        write_csv(paths.metrics_dir / "evaluate_cases.csv", ["case"] + [f"{k}_{r}" for k in KEYS for r in REGIONS],
+                  ([case] + [round(s[r][k], 4) for k in KEYS for r in REGIONS] for case, s in per_case.items()))
     print(table(mean))
     return metrics
 
@@ -158,12 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions")
     ap.add_argument("--gt", type=Path, help="folder of case folders holding <case>-seg.nii.gz")
     ap.add_argument("--out", type=Path, help="scores JSON to write")
+    ap.add_argument("--leaderboard-hd95", action="store_true",
+                    help="legacy HD95 exactly as the official code computes it, quirk included: the inside "
+                         "of lesions numbered 2 or more counts as surface (README, scorer)")
     args = ap.parse_args(argv)
     given = [a is not None for a in (args.pred, args.gt, args.out)]
     if any(given) and not all(given):
         ap.error("--pred, --gt and --out go together")
     if all(given):
-        result = score_folders(args.pred, args.gt)
+        result = score_folders(args.pred, args.gt, args.leaderboard_hd95)
         write_json(args.out, result)
         print(table(result["mean"]))
         return

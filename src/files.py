@@ -1,4 +1,4 @@
-"""Write files so that no reader ever sees half of one: write beside the target, then rename."""
+"""Read and write files so that no reader ever sees half of one: write beside the target, then rename."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import csv
 import io
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
+
+from errors import UserError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -21,6 +25,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; when the block ends without an error, it
+    replaces `final` (an older `final` is moved aside first and then removed). On an error or a
+    kill, `final` is untouched and only a `.tmp-*` folder can remain, which the next run removes."""
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
@@ -28,6 +51,16 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, obj: object) -> None:
     """Indented JSON with sorted keys, so the bytes depend only on the content."""
     write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path, what: str, stage: str) -> dict:
+    """A JSON file that `stage` writes; if it is missing or broken, say which stage makes it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found ({what}): run `dvc repro {stage}` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}): rerun `dvc repro -f {stage}`") from None
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[Iterable]) -> None:

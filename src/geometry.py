@@ -37,19 +37,28 @@ def _apply(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> Box | None:
+    """[lo, hi) per axis of the True voxels of a 3D mask, grown by `margin` and clipped to the
+    array; None when the mask is empty."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if not hits.size:
+            return None
+        box.append((max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def foreground_box(images: np.ndarray, seg: np.ndarray | None = None) -> Box:
     """Bounding box of voxels that are non-zero in any channel (the head), or labelled in `seg`."""
     mask = np.any(images != 0, axis=0)
     if seg is not None:
         mask |= seg > 0
-    if not mask.any():
+    box = bounding_box(mask)
+    if box is None:
         raise ValueError("the images are zero everywhere: there is no head to crop to")
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append((int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
+    return box
 
 
 def crop(array: np.ndarray, box: Box) -> np.ndarray:

@@ -8,14 +8,11 @@ network and the defaults in params.yaml are a small CPU model. Output channels f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from brats import MODALITIES, MODEL_REGIONS
 from params import ModelParams
-
 
 
 def widths(config: ModelParams) -> list[int]:
@@ -88,19 +85,3 @@ class UNet3D(nn.Module):
         if self.config.deep_supervision and self.training:
             return [head(f) for head, f in zip(self.heads, decoded)]
         return self.heads[0](decoded[0])
-
-
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[UNet3D, dict]:
-    """A U-Net from a weights file written by the train stage, in eval mode, and the file's contents."""
-    from errors import UserError
-    if not Path(path).exists():
-        raise UserError(f"weights file {path} not found: run `dvc repro train`, or `dvc pull {path}` "
-                        "to fetch trained weights from the remote")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = UNet3D(ModelParams(**saved["model"]))
-        model.load_state_dict(saved["state_dict"])
-    except Exception as e:  # a truncated download, a file of another project, another model version
-        raise UserError(f"weights file {path} cannot be loaded ({type(e).__name__}: {e}); "
-                        "fetch it again with `dvc pull` or retrain") from None
-    return model.to(device).eval(), saved

@@ -75,9 +75,28 @@ def read_case(case_dir: Path, with_seg: bool) -> RawCase:
         bad = np.count_nonzero(~np.isfinite(data))
         if bad:
             raise CaseError(f"{case}: {path.name} has {bad} NaN or infinite voxels; fix or drop the case")
+        _check_plausible(case, path.name, data)
         images.append(data)
     seg = _read_seg(case_dir, ref, shape, affine) if with_seg else None
     return RawCase(case, np.stack(images), seg, np.asarray(affine, dtype=np.float64))
+
+
+# A voxel this many times brighter than the head's 99.9th percentile is a corrupt value, not signal:
+# one such voxel would flatten its whole channel after z-scoring.
+OUTLIER_FACTOR = 1000.0
+
+
+def _check_plausible(case: str, name: str, data: np.ndarray) -> None:
+    magnitude = np.abs(data)
+    peak = float(magnitude.max(initial=0.0))
+    head = magnitude[magnitude > 0]
+    if peak == 0 or peak <= OUTLIER_FACTOR * float(head.mean()):   # cheap check first: fine for real scans
+        return
+    typical = float(np.percentile(head, 99.9))
+    if peak > OUTLIER_FACTOR * typical:
+        count = int(np.count_nonzero(magnitude > OUTLIER_FACTOR * typical))
+        raise CaseError(f"{case}: {name} has {count} voxel(s) above {OUTLIER_FACTOR:g} × the head's 99.9th "
+                        f"percentile ({peak:.3g} against {typical:.3g}): corrupt values? fix or drop the case")
 
 
 def _check_geometry(case: str, name: str, shape: tuple, affine: np.ndarray, ref: str,
@@ -98,12 +117,21 @@ def _read_seg(case_dir: Path, ref: str, shape: tuple, affine: np.ndarray) -> np.
     return labels_from_array(data, f"{case}: {path.name}")
 
 
+# Float label files hold whole numbers up to rounding noise (2.0000001); anything further off is not a label.
+LABEL_TOLERANCE = 1e-3
+
+
 def labels_from_array(data: np.ndarray, where: str) -> np.ndarray:
-    """Round a label array (float files are common) to uint8, rejecting values outside 0..4."""
+    """Round a label array (float files are common) to uint8, rejecting values outside 0..4 and
+    values that are not whole numbers up to float noise."""
     values = np.unique(data)
     if not np.all(np.isfinite(values)):
         raise CaseError(f"{where}: label file holds NaN or infinite values")
     rounded = np.rint(values)
+    fractional = values[np.abs(values - rounded) > LABEL_TOLERANCE]
+    if fractional.size:
+        raise CaseError(f"{where}: label value {fractional[0]:g} is not a whole number; a label map holds "
+                        f"0..{MAX_LABEL} (is this a probability map or a resampled, interpolated label file?)")
     bad = rounded[(rounded < 0) | (rounded > MAX_LABEL)]
     if bad.size:
         raise CaseError(f"{where}: label value {bad[0]:g} is not a BraTS 2024 label (0..{MAX_LABEL}); "

@@ -2,7 +2,8 @@
 
 Every stage calls `load_params()`. Unknown keys, missing keys, wrong types and out-of-range values
 raise `ParamsError` naming the key, before any work starts. Paths in params.yaml are relative to the
-repository root (the folder holding params.yaml) and are resolved here, in one place.
+repository root (the folder holding params.yaml) and are resolved here, in one place, and so is the
+`tuned` value of Adam's keys (`resolve_tuned`: the tune stage's best value).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from errors import UserError
+from files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = ROOT / "params.yaml"
@@ -39,6 +41,7 @@ def _num(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
 
 Tuned = Literal["tuned"]
 OPTIMIZER_KEYS = ("lr", "weight_decay", "beta1", "beta2")
+BEST_PARAMS_FILE = "best_params.json"    # the tune stage's output, under paths.tune_dir
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ class Params:
     base: BaseParams
     paths: PathsParams
     # Adam's hyperparameters stay top-level so that `dvc exp run -S lr=...` works as users type it.
-    # A number is used as it is; "tuned" takes the tune stage's best value (src/train.py).
+    # A number is used as it is; "tuned" takes the tune stage's best value (`resolve_tuned`).
     lr: float | Tuned = _num(0.0, 1.0, lo_open=True)
     weight_decay: float | Tuned = _num(0.0, 1.0)
     beta1: float | Tuned = _num(0.0, 1.0, hi_open=True)
@@ -188,21 +191,73 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None
     """Load and validate params.yaml; `overrides` ({"synthesize.patients": 3}) is for tests and tools."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from a checkout of the repository") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys at the top level")
-    for dotted, value in (overrides or {}).items():
+    params = _build(Params, apply_overrides(raw, overrides or {}), prefix="")
+    return _resolve_paths(params, path.resolve().parent)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"key {key!r} appears twice in one section of params.yaml (line "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys ({"train.epochs": 2, "lr": 1e-3}) in a params mapping, in place; returns it.
+    The same edit as `dvc exp run -S key=value`, for tests and tools that write a params file."""
+    for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = raw
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    params = _build(Params, raw, prefix="")
-    return _resolve_paths(params, path.resolve().parent)
+    return raw
+
+
+def resolve_tuned(params: Params) -> Params:
+    """Params with every `tuned` optimizer key replaced by the tune stage's best value.
+
+    Precedence: a number in params.yaml (or from `dvc exp run -S lr=...`) always wins; `tuned` reads
+    `<tune_dir>/best_params.json`."""
+    wanted = [k for k in OPTIMIZER_KEYS if getattr(params, k) == "tuned"]
+    if not wanted:
+        return params
+    path = params.paths.tune_dir / BEST_PARAMS_FILE
+    best = read_json(path, "the tune stage's best params", stage="tune").get("best") or {}
+    missing = [k for k in wanted if k not in best]
+    if missing:
+        raise UserError(f"{', '.join(missing)}: `tuned` in params.yaml, but {path} has no tuned value "
+                        f"(tune.trials is {params.tune.trials}); set a number, e.g. `dvc exp run -S "
+                        f"{missing[0]}=...`, or run tuning with tune.trials > 0")
+    return dataclasses.replace(params, **{k: float(best[k]) for k in wanted})
+
+
+def flat_params(params: Params) -> dict[str, Any]:
+    """What a training run logs and its weights carry: optimizer, seed, model and train params, with
+    dotted keys (`train.loss.dice`)."""
+    out: dict[str, Any] = {k: getattr(params, k) for k in OPTIMIZER_KEYS}
+    out["seed"] = params.base.seed
+    for section in ("model", "train"):
+        for key, value in dataclasses.asdict(getattr(params, section)).items():
+            if isinstance(value, dict):
+                out.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:

@@ -23,28 +23,31 @@ from brats import is_case_dir
 from errors import UserError, run_stage
 from geometry import restore
 from inference import predict_probs, probs_to_labels
-from model import load_model
 from nifti import read_case, write_nifti
-from preprocess import prepare
+from prepare import Listing, find_cases, prepare, spacing_of
+from runtime import resolve_precision
+from weights import InferenceSpec, load_model
+
+SPACING_TOLERANCE = 0.1   # relative voxel-size difference from the training data before a warning
 
 
-def case_dirs(path: Path) -> list[Path]:
+def case_dirs(path: Path) -> Listing:
+    """`path` itself when it is a case folder, else every entry of the folder (cases and the rest)."""
     if is_case_dir(path):
-        return [path]
-    if not path.is_dir():
-        raise UserError(f"--input {path} is not a folder")
-    found = sorted(p for p in path.iterdir() if is_case_dir(p))
-    if not found:
-        raise UserError(f"--input {path} holds no case folders named like BraTS-GLI-00000-100")
-    return found
+        return Listing([path], {}, {})
+    return find_cases(path, "give --input a case folder (BraTS-GLI-PPPPP-VVV) or a folder of them")
 
 
-def predict_case(model: torch.nn.Module, case_dir: Path, patch: tuple[int, int, int], overlap: float,
+def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec, overlap: float,
                  batch: int, mirror: bool, precision: str) -> tuple[np.ndarray, np.ndarray]:
     """Label map (uint8) on the case's own grid, and that grid's affine."""
     raw = read_case(case_dir, with_seg=False)
-    images, _, box, _ = prepare(raw)
-    probs = predict_probs(model, images, patch, overlap, batch, mirror, precision)
+    images, _, box, affine = prepare(raw)
+    spacing = np.array(spacing_of(affine))
+    if np.any(np.abs(spacing / np.array(spec.spacing_mm) - 1) > SPACING_TOLERANCE):
+        print(f"warning: {raw.name}: voxel size {tuple(spacing)} mm differs from the training data's "
+              f"{spec.spacing_mm} mm; resample the case to that grid for reliable results", file=sys.stderr)
+    probs = predict_probs(model, images, spec.patch, overlap, batch, mirror, precision)
     labels = probs_to_labels(probs)
     return restore(labels, box, raw.images.shape[1:], raw.affine), raw.affine
 
@@ -59,20 +62,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mirror", action="store_true", help="average over the 8 axis flips (8x slower)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first bad case")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not 0 <= args.overlap < 1:
+        ap.error(f"--overlap {args.overlap}: must be at least 0 and below 1")
+    if args.batch < 1:
+        ap.error(f"--batch {args.batch}: must be 1 or more")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device!r}: not a device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model, saved = load_model(args.weights, args.device)
-    patch = tuple(saved["params"]["train.patch"])
-    precision = "bf16" if args.device.startswith("cuda") else "fp32"
-    cases = case_dirs(args.input)
+    model, spec = load_model(args.weights, args.device)
+    precision = resolve_precision("auto", args.device)
+    listing = case_dirs(args.input)
+    cases = listing.cases
+    for name, reason in listing.ignored.items():
+        print(f"ignored {args.input / name}: {reason}", file=sys.stderr)
+    if listing.misnamed and args.fail_fast:
+        raise UserError(next(iter(listing.misnamed.values())))
     args.output.mkdir(parents=True, exist_ok=True)
-    failed = {}
+    failed = dict(listing.misnamed)
+    for reason in failed.values():
+        print(f"error: {reason}", file=sys.stderr)
     for case_dir in tqdm(cases, desc="predict", unit="case"):
         try:
-            labels, affine = predict_case(model, case_dir, patch, args.overlap, args.batch, args.mirror, precision)
+            labels, affine = predict_case(model, case_dir, spec, args.overlap, args.batch, args.mirror, precision)
         except UserError as e:
             if args.fail_fast:
                 raise
@@ -80,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             continue
         write_nifti(args.output / f"{case_dir.name}.nii.gz", labels, affine)
-    print(f"wrote {len(cases) - len(failed)} of {len(cases)} predictions to {args.output}")
+    total = len(cases) + len(listing.misnamed)
+    print(f"wrote {total - len(failed)} of {total} predictions to {args.output}")
     if failed:
         print(f"{len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -8,96 +8,56 @@ For every case folder under `paths.raw_dir` (synthetic or real BraTS 2024):
 Then `manifest.json` (patient, crop box, original shape and affine of each case), `splits.json`
 (a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
 
-Each case is written to a temporary folder and renamed into place, so no half-written case remains
-whatever happens. Workers each hold one case at a time, so memory does not grow with the dataset.
+The whole output is written beside `preprocessed_dir` and swapped in at the end, so an earlier output
+is replaced only by a complete new one. Only problems of an input case are skipped (with
+`on_error: skip`); a failure to write (full disk, read-only folder) or a worker killed by the system
+stops the stage with one line naming the path or the case. Workers each hold one case at a time, so
+memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import shutil
 import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from brats import EDITION, MODALITIES, is_case_dir, patient_of
-from errors import UserError, run_stage
-from files import write_json
-from geometry import Box, crop, foreground_box, to_canonical
-from nifti import CaseError, RawCase, read_case
+from brats import EDITION, LABELS, MODALITIES, patient_of
+from errors import UserError, describe_os_error, run_stage
+from files import atomic_folder, write_json
+from layout import CASES_DIR, IMAGE_FILE, LABEL_FILE, MANIFEST_FILE, REPORT_FILE, SPLITS_FILE
+from nifti import CaseError, read_case
 from params import Params, PreprocessParams, load_params
+from prepare import find_cases, prepare, spacing_of
 
-IMAGE_FILE = "image.npy"
-LABEL_FILE = "label.npy"
+RAW_DIR_HINT = ("run `dvc repro synthesize` for the synthetic set, or set paths.raw_dir in params.yaml to "
+                "the folder that holds your BraTS 2024 case folders")
+SKIP_HINT = "(set preprocess.on_error: skip in params.yaml to leave failing cases out and list them in the report)"
 
 
 @dataclass(frozen=True)
 class Outcome:
     case: str
     entry: dict | None   # manifest entry when the case was written
-    error: str | None    # reason when it was not
-
-
-def find_cases(raw_dir: Path) -> list[Path]:
-    """Case folders (BraTS-GLI-PPPPP-VVV) directly under `raw_dir`, sorted by name."""
-    if not raw_dir.is_dir():
-        raise UserError(f"raw data folder {raw_dir} does not exist; run `dvc repro synthesize` for the "
-                        "synthetic set, or set paths.raw_dir in params.yaml to your BraTS 2024 folder")
-    cases = sorted(p for p in raw_dir.iterdir() if is_case_dir(p))
-    if not cases:
-        raise UserError(f"no case folders named like BraTS-GLI-00000-100 in {raw_dir}; "
-                        "point paths.raw_dir at the folder that holds the case folders")
-    return cases
-
-
-def zscore(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each channel minus its mean, over its std, both taken inside `mask`; zero outside the mask."""
-    out = np.zeros_like(images, dtype=np.float32)
-    for c, channel in enumerate(images):
-        values = channel[mask].astype(np.float64)
-        std = values.std()
-        if std == 0:
-            std = 1.0  # a constant channel carries no contrast; keep it at zero instead of dividing by 0
-        out[c][mask] = ((values - values.mean()) / std).astype(np.float32)
-    return out
-
-
-def prepare(raw: RawCase) -> tuple[np.ndarray, np.ndarray | None, Box, np.ndarray]:
-    """Reorient to RAS, crop to the head, z-score: the network's input, as training and prediction
-    both need it. Returns images (4, x, y, z) float32, labels (x, y, z) or None, the crop box and
-    the canonical affine."""
-    images, affine = to_canonical(raw.images, raw.affine)
-    labels = to_canonical(raw.seg, raw.affine)[0] if raw.seg is not None else None
-    try:
-        box = foreground_box(images, labels)
-    except ValueError as e:
-        raise CaseError(f"{raw.name}: {e}") from None
-    images = crop(images, box)
-    labels = np.ascontiguousarray(crop(labels, box)) if labels is not None else None
-    return zscore(images, np.any(images != 0, axis=0)), labels, box, affine
-
-
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel edge lengths (mm) along the array axes of an affine."""
-    return tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(0)).round(6))
+    error: str | None    # what is wrong with the input case when it was not
 
 
 def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
-    """Validate, reorient, crop and normalise one case; write it atomically; return its manifest entry."""
+    """Validate, reorient, crop and normalise one case; write it atomically; return its manifest entry.
+    A problem of the case raises CaseError; a failure to write raises UserError (not skippable)."""
     raw = read_case(case_dir, with_seg=True)
     images, labels, box, affine = prepare(raw)
-    tmp = out_dir / f".tmp-{raw.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / IMAGE_FILE, images)
-    np.save(tmp / LABEL_FILE, labels)
-    final = out_dir / raw.name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    try:
+        with atomic_folder(out_dir / raw.name) as tmp:
+            np.save(tmp / IMAGE_FILE, images)
+            np.save(tmp / LABEL_FILE, labels)
+    except OSError as e:
+        raise UserError(f"{raw.name}: cannot write the preprocessed case: {describe_os_error(e)}") from None
     return {
         "patient": patient_of(raw.name),
         "crop_box": [list(b) for b in box],
@@ -105,37 +65,57 @@ def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
         "original_shape": list(raw.seg.shape),
         "original_affine": raw.affine.round(6).tolist(),
         "spacing_mm": list(spacing_of(affine)),
-        "label_voxels": np.bincount(labels.ravel(), minlength=5).tolist(),
+        "label_voxels": np.bincount(labels.ravel(), minlength=len(LABELS)).tolist(),
     }
 
 
 def _work(job: tuple[Path, Path]) -> Outcome:
+    """One case; only a problem of the case itself becomes an Outcome, anything else stops the stage."""
     case_dir, out_dir = job
     try:
         return Outcome(case_dir.name, preprocess_case(case_dir, out_dir), None)
-    except UserError as e:
+    except CaseError as e:
         return Outcome(case_dir.name, None, str(e))
-    except Exception as e:  # an unforeseen failure still names the case
-        return Outcome(case_dir.name, None, f"{case_dir.name}: {type(e).__name__}: {e}")
+
+
+def _outcomes(case_dirs: list[Path], out_dir: Path, workers: int):
+    """Outcomes as cases finish: in this process for one worker, else on a pool of `workers`
+    processes with at most `workers` cases in flight, so a dead worker is pinned to the cases it held."""
+    jobs = [(c, out_dir) for c in case_dirs]
+    if workers == 1:
+        yield from map(_work, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending: dict[Future, str] = {}
+        try:
+            while jobs or pending:
+                while jobs and len(pending) < workers:
+                    job = jobs.pop(0)
+                    pending[pool.submit(_work, job)] = job[0].name
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    del pending[future]
+                    yield outcome
+        except BrokenProcessPool:
+            raise UserError(
+                f"a preprocess worker died while it held {' or '.join(sorted(pending.values()))}: killed by "
+                "the system, most likely for lack of memory. Nothing of it was kept; lower "
+                "preprocess.workers (each holds one case in memory) and run again") from None
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def run_cases(case_dirs: list[Path], out_dir: Path, p: PreprocessParams) -> list[Outcome]:
-    """Process cases on `p.workers` processes; with on_error=fail, stop at the first failure."""
-    jobs = [(c, out_dir) for c in case_dirs]
+    """Process cases on `p.workers` processes; with on_error=fail, stop at the first bad case."""
     outcomes = []
-    try:
-        with mp.get_context("spawn").Pool(min(p.workers, len(jobs))) as pool, \
-                tqdm(total=len(jobs), desc="preprocess", unit="case") as bar:
-            for outcome in pool.imap_unordered(_work, jobs, chunksize=1):
-                bar.update()
-                if outcome.error and p.on_error == "fail":
-                    raise CaseError(f"{outcome.error}\n(set preprocess.on_error: skip in params.yaml "
-                                    "to leave failing cases out and list them in the report)")
-                outcomes.append(outcome)
-    finally:
-        # Leaving the pool terminates the workers; drop the cases they had not finished writing.
-        for tmp in out_dir.glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    with tqdm(total=len(case_dirs), desc="preprocess", unit="case") as bar:
+        for outcome in _outcomes(case_dirs, out_dir, min(p.workers, len(case_dirs))):
+            bar.update()
+            if outcome.error and p.on_error == "fail":
+                raise CaseError(f"{outcome.error}\n{SKIP_HINT}")
+            outcomes.append(outcome)
     return sorted(outcomes, key=lambda o: o.case)
 
 
@@ -164,24 +144,31 @@ def split_cases(manifest: dict[str, dict], p: PreprocessParams, seed: int) -> di
 
 
 def preprocess(params: Params) -> dict:
-    """The whole stage; returns the report."""
+    """The whole stage, written beside `preprocessed_dir` and swapped in when complete; returns the report."""
     raw_dir, out_dir = params.paths.raw_dir, params.paths.preprocessed_dir
-    case_dirs = find_cases(raw_dir)
-    cases_dir = out_dir / "cases"
-    cases_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = run_cases(case_dirs, cases_dir, params.preprocess)
-    manifest = {o.case: o.entry for o in outcomes if o.entry is not None}
-    skipped = {o.case: o.error for o in outcomes if o.error is not None}
-    if not manifest:
-        raise UserError(f"no case of {raw_dir} could be preprocessed; see the reasons above")
-    splits = split_cases(manifest, params.preprocess, params.base.seed)
-    # No absolute paths in outputs: their hashes must not depend on where the repository lives.
-    write_json(out_dir / "manifest.json", {"edition": EDITION, "modalities": list(MODALITIES),
-                                           "cases": manifest})
-    write_json(out_dir / "splits.json", splits)
-    report = {"processed": len(manifest), "skipped": skipped,
-              "split_sizes": {k: len(v) for k, v in splits.items()}}
-    write_json(out_dir / "report.json", report)
+    listing = find_cases(raw_dir, RAW_DIR_HINT)
+    if listing.misnamed and params.preprocess.on_error == "fail":
+        raise CaseError(f"{next(iter(listing.misnamed.values()))}\n{SKIP_HINT}")
+    try:
+        with atomic_folder(out_dir) as tmp:
+            outcomes = run_cases(listing.cases, tmp / CASES_DIR, params.preprocess)
+            manifest = {o.case: o.entry for o in outcomes if o.entry is not None}
+            skipped = {**listing.misnamed, **{o.case: o.error for o in outcomes if o.error is not None}}
+            if not manifest:
+                reasons = "\n".join(f"  {reason}" for reason in skipped.values())
+                raise UserError(f"no case of {raw_dir} could be preprocessed:\n{reasons}")
+            splits = split_cases(manifest, params.preprocess, params.base.seed)
+            # No absolute paths in outputs: their hashes must not depend on where the repository lives.
+            write_json(tmp / MANIFEST_FILE, {"edition": EDITION, "modalities": list(MODALITIES),
+                                             "cases": manifest})
+            write_json(tmp / SPLITS_FILE, splits)
+            report = {"processed": len(manifest), "skipped": skipped,
+                      "split_sizes": {k: len(v) for k, v in splits.items()}}
+            if listing.ignored:                      # entries of raw_dir that are not case folders
+                report["ignored"] = listing.ignored
+            write_json(tmp / REPORT_FILE, report)
+    except OSError as e:
+        raise UserError(f"cannot write the preprocessed data: {describe_os_error(e)}") from None
     return report
 
 
@@ -192,6 +179,8 @@ def main() -> None:
           f"(train/val/test: {report['split_sizes']})")
     for case, reason in report["skipped"].items():
         print(f"skipped {case}: {reason}", file=sys.stderr)
+    for name, reason in report.get("ignored", {}).items():
+        print(f"ignored {params.paths.raw_dir / name}: {reason}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ same params give byte-identical files on any machine.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from brats import MODALITIES, SEG, case_id
 from errors import run_stage
+from files import atomic_folder
 from nifti import write_nifti
 from params import SynthesizeParams, load_params
 
@@ -255,15 +254,10 @@ def write_case(out_dir: Path, seed: int, patient: int, visit_index: int, params:
     """Make one case and move its folder into place only once every file is written."""
     name = case_id(patient, 100 + visit_index)
     images, labels, affine = make_case(seed, patient, visit_index, params.grid, params.spacing_mm)
-    tmp = out_dir / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for m, mod in enumerate(MODALITIES):
-        write_nifti(tmp / f"{name}-{mod}.nii.gz", images[m], affine)
-    write_nifti(tmp / f"{name}-{SEG}.nii.gz", labels, affine)
-    final = out_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_folder(out_dir / name) as tmp:
+        for m, mod in enumerate(MODALITIES):
+            write_nifti(tmp / f"{name}-{mod}.nii.gz", images[m], affine)
+        write_nifti(tmp / f"{name}-{SEG}.nii.gz", labels, affine)
     return name
 
 

@@ -1,7 +1,7 @@
 """Stage `tune`: Optuna search over Adam's lr, weight decay and betas, by really training.
 
-Each trial is a short run of the train stage's own loop (`train.train`, `tune.epochs` epochs,
-validated every epoch) and is scored by the validation mean IoU over the six BraTS regions, reported
+Each trial is a short run of the training loop the train stage uses (`fit.fit`, `tune.epochs`
+epochs, validated every epoch) and is scored by the validation mean IoU over the six BraTS regions, reported
 each epoch so that the pruner (median or Hyperband) stops weak trials early. The sampler is TPE seeded
 by `base.seed`.
 
@@ -29,9 +29,11 @@ import optuna
 
 from errors import UserError, run_stage
 from files import write_json, write_text
-from params import OPTIMIZER_KEYS, Params, load_params
+from fit import FitState, build, fingerprint, fit
+from layout import load_split
+from params import BEST_PARAMS_FILE, OPTIMIZER_KEYS, Params, load_params
+from runtime import setup_runtime
 from tracking import Tracker, tracking_root
-from train import BEST_PARAMS_FILE, fingerprint, train
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -83,29 +85,36 @@ def trial_params(params: Params, values: dict[str, float]) -> Params:
     return dataclasses.replace(params, train=train_section, **values)
 
 
+def run_trial(params: Params, on_epoch) -> FitState:
+    """A short training run with the trial's params; nothing is written."""
+    rt = setup_runtime(params.train.precision, params.train.deterministic)
+    pre = params.paths.preprocessed_dir
+    parts = build(params, rt, load_split(pre, "train"))
+    return fit(parts, params, rt, load_split(pre, "val"), FitState(), on_epoch)
+
+
 def objective(params: Params, trial: optuna.Trial) -> float:
     values = suggest(trial, params)
     tracker = Tracker(f"trial-{trial.number}", params.train.experiment, values, params.train.mlflow,
                       "disabled", nested=True)
-    scores: list[float] = []
 
-    def report(epoch: int, row: dict) -> None:
-        scores.append(row["val_mean_iou"])
-        trial.report(row["val_mean_iou"], epoch)
-        tracker.log({"val_mean_iou": row["val_mean_iou"], "val_iou_WT": row["val_iou_WT"]}, step=epoch)
+    def on_epoch(state: FitState, row: dict) -> None:
+        epoch, score = row["epoch"], row["val_mean_iou"]      # trials validate every epoch
+        trial.report(score, epoch)
+        tracker.log({"val_mean_iou": score, "val_iou_WT": row["val_iou_WT"]}, step=epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {epoch}: val mean IoU {row['val_mean_iou']:.4f}")
+            raise optuna.TrialPruned(f"epoch {epoch}: val mean IoU {score:.4f}")
 
     ok = False
     try:
-        train(trial_params(params, values), report=report)
+        state = run_trial(trial_params(params, values), on_epoch)
         ok = True
     except optuna.TrialPruned:
         ok = True
         raise
     finally:
         tracker.finish(ok)
-    return max(scores)
+    return state.best["val_mean_iou"]
 
 
 def write_outputs(study: optuna.Study, params: Params) -> dict:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataset import PatchDataset, augment, choose_corner, cut, load_split
+from dataset import PatchDataset, augment, choose_corner, cut
 from errors import UserError
+from layout import load_split
 
 
 def test_cut_pads_outside_the_array():

@@ -17,19 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY
+from params import apply_overrides
+
 BUCKET = "brats-e2e"
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "synthesize": {"patients": 6, "visits": 2, "grid": [40, 48, 40], "spacing_mm": 4.0},
-    "preprocess": {"workers": 1, "val_fraction": 0.2, "test_fraction": 0.2},
-    "model": {"base_width": 4, "max_width": 16, "depth": 3},
-    "tune": {"trials": 2, "epochs": 1},
-    "train": {"epochs": 2, "iterations_per_epoch": 2, "patch": [16, 16, 16], "workers": 0, "val_every": 1,
-              "wandb": "disabled"},
-    "evaluate": {"overlays": 1},
-}
 
 
 def free_port() -> int:
@@ -110,8 +102,8 @@ def origin(tmp_path_factory, s3, env) -> Path:
     base = tmp_path_factory.mktemp("e2e")
     repo = clone(ROOT, base / "origin", env, s3)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
+    # the tiny configuration, tuned and tracked in MLflow as a user's pipeline is
+    apply_overrides(params, {**TINY, "train.mlflow": True})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["dvc", "repro"], repo, env)
     sh(["git", "add", "-A"], repo, env)

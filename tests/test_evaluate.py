@@ -104,7 +104,8 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
     test_cases = json.loads((tiny_data / "data" / "preprocessed" / "splits.json").read_text())["test"]
     rows = list(csv.DictReader(open(params.paths.metrics_dir / "evaluate_cases.csv")))
     assert [r["case"] for r in rows] == test_cases and written["cases"] == len(test_cases)
-    assert len(list((params.paths.metrics_dir / "overlays").glob("*.png"))) == min(3, len(test_cases))
+    assert len(list((params.paths.metrics_dir / "overlays").glob("*.png"))) == min(params.evaluate.overlays,
+                                                                                   len(test_cases))
     # predictions are in BraTS format on the original grid
     for case in test_cases:
         pred = nib.load(params.paths.predictions_dir / f"{case}.nii.gz")
@@ -118,3 +119,54 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
     scored = evaluate.score_folders(params.paths.predictions_dir, gt_dir)
     for row in rows:
         assert float(row["iou_WT"]) == pytest.approx(scored["cases"][row["case"]]["WT"]["iou"], abs=1e-4)
+
+
+def test_leaderboard_hd95_flag_reaches_the_scores(tmp_path):
+    # a 2x2x2 oedema lesion numbered 1 and a 12^3 block numbered 2; the prediction is the block alone
+    gt = np.zeros((64, 64, 64), np.uint8)
+    gt[5:7, 5:7, 5:7] = 2
+    gt[30:42, 30:42, 30:42] = 2
+    pred = np.where(np.arange(64)[:, None, None] >= 30, gt, 0).astype(np.uint8)
+    pred_dir, gt_dir = folders(tmp_path, gt, pred)
+    scores = {}
+    for flag in ([], ["--leaderboard-hd95"]):
+        out = tmp_path / f"scores{len(flag)}.json"
+        evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out), *flag])
+        scores[bool(flag)] = json.loads(out.read_text())["cases"][CASE]["WT"]
+    assert scores[False]["hd95"] == 0.0 and scores[True]["hd95"] > 2.0
+    assert scores[False]["lesionwise_dice"] == scores[True]["lesionwise_dice"]
+
+
+def test_killed_evaluate_leaves_the_previous_set_whole(tiny_params, monkeypatch):
+    params = tiny_params()
+    train.train(params)
+    evaluate.evaluate(params)
+    out = [params.paths.predictions_dir, params.paths.metrics_dir]
+    before = {p: p.read_bytes() for d in out for p in sorted(d.rglob("*")) if p.is_file()}
+    real = evaluate.write_nifti
+    calls = []
+
+    def killed_at_the_second_case(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(*args)
+    monkeypatch.setattr(evaluate, "write_nifti", killed_at_the_second_case)
+    monkeypatch.setattr(evaluate, "mean_scores", lambda s: pytest.fail("not reached"))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate(params)
+    after = {p: p.read_bytes() for d in out for p in sorted(d.rglob("*")) if p.is_file()}
+    assert after == before and len(calls) == 2
+    assert not list(params.paths.predictions_dir.parent.glob(".tmp-*"))
+
+
+def test_scorer_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    from errors import run_stage
+    pred_dir, gt_dir = folders(tmp_path, cube(2), cube(2))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        run_stage(lambda: evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir),
+                                         "--out", str(tmp_path / "file" / "scores.json")]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and err[-1].startswith(f"error: {tmp_path / 'file'}")
+    assert "File exists" in err[-1] or "Not a directory" in err[-1]

@@ -80,3 +80,41 @@ def test_memmap_input_and_labels(tmp_path):
     labels = probs_to_labels(probs)
     assert probs.shape == (4, 9, 9, 9) and labels.shape == (9, 9, 9) and labels.dtype == np.uint8
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+
+
+def reference_sliding_window(model: nn.Module, x: torch.Tensor, patch: tuple[int, int, int], overlap: float,
+                             mirror: bool) -> np.ndarray:
+    """An independent, slow sliding window: one window and one flip per forward pass, blended in
+    float64 numpy on the host, nothing batched."""
+    starts = [window_starts(s, p, overlap) for s, p in zip(x.shape[1:], patch)]
+    weight = gaussian_weight(patch).double().numpy()
+    out = np.zeros((4, *x.shape[1:]))
+    norm = np.zeros(x.shape[1:])
+    flips = [()] + [(a,) for a in (1, 2, 3)] + [(1, 2), (1, 3), (2, 3), (1, 2, 3)] if mirror else [()]
+    for a in starts[0]:
+        for b in starts[1]:
+            for c in starts[2]:
+                window = x[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]]
+                probs = np.zeros((4, *patch))
+                for dims in flips:
+                    with torch.no_grad():
+                        logits = model(window.flip(dims)[None])[0] if dims else model(window[None])[0]
+                    probs += torch.sigmoid(logits.flip(dims) if dims else logits).double().numpy()
+                region = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+                out[(slice(None), *region)] += probs / len(flips) * weight
+                norm[region] += weight
+    head = (x != 0).any(dim=0).numpy()
+    return out / norm * head
+
+
+@pytest.mark.parametrize("mirror, batch, batch_flips", [(False, 1, None), (False, 3, None), (True, 2, False),
+                                                       (True, 2, True)])
+def test_batched_windows_and_flips_agree_with_one_at_a_time(mirror, batch, batch_flips):
+    model = tiny_unet()
+    x = torch.randn(4, 19, 17, 22)
+    x[:, :2] = 0                                                # some voxels outside the head
+    got = predict_probs(model, x, (8, 8, 8), overlap=0.5, batch=batch, mirror=mirror, batch_flips=batch_flips)
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    np.testing.assert_allclose(got.numpy(), reference_sliding_window(model, x, (8, 8, 8), 0.5, mirror),
+                               atol=1e-5)
+    assert not got[:, :2].any()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 
 
 def test_lock_matches_code_and_params():

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import ROOT
 from params import ParamsError, load_params
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_params(tmp_path: Path, edit) -> Path:
@@ -114,3 +113,12 @@ def test_params_are_frozen_and_paths_resolve_next_to_the_file(tmp_path):
         p.lr = 1.0  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.synthesize.patients = 1  # type: ignore[misc]
+
+
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("train:\n  epochs: 36", "train:\n  epochs: 36\n  epochs: 5")
+    assert text.count("epochs: 5") == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=r"key 'epochs' appears twice in one section of params.yaml \(line \d+\)"):
+        load_params(path)

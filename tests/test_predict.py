@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import predict
-from conftest import write_case
 from errors import UserError
+from helpers import write_case
 from model import UNet3D
 from params import ModelParams
+from weights import current_spec, save, weights_payload
 
 
 @pytest.fixture
@@ -20,8 +21,8 @@ def weights(tmp_path) -> str:
     torch.manual_seed(0)
     config = ModelParams(base_width=4, max_width=8, depth=3, norm="instance", deep_supervision=False)
     path = tmp_path / "model.pt"
-    torch.save({"state_dict": UNet3D(config).state_dict(), "model": config.__dict__,
-                "params": {"train.patch": [48, 48, 48]}, "epoch": 1, "val": {}}, path)
+    save(path, weights_payload(UNet3D(config).state_dict(), config, current_spec((48, 48, 48), (1.0, 1.0, 1.0)),
+                               {}, epoch=1, val={}))
     return str(path)
 
 
@@ -90,3 +91,58 @@ def test_missing_or_broken_weights(tmp_path):
     broken.write_bytes(b"not a weights file")
     with pytest.raises(UserError, match="cannot be loaded"):
         predict.main(["--weights", str(broken), "--input", str(tmp_path), "--output", str(tmp_path)])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--overlap", "1.0"], "--overlap 1.0: must be at least 0 and below 1"),
+    (["--overlap", "-0.1"], "--overlap -0.1: must be at least 0"),
+    (["--batch", "0"], "--batch 0: must be 1 or more"),
+    (["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
+    (["--device", "tpu9"], "--device 'tpu9': not a device"),
+])
+def test_bad_arguments_are_one_line_each(tmp_path, weights, capsys, args, words):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--weights", weights, "--input", str(tmp_path), "--output", str(tmp_path / "o"), *args])
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_misnamed_case_folder_counts_as_failed(tmp_path, weights, small_case, capsys):
+    images, _, affine = small_case
+    write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    write_case(tmp_path / "in", "BraTS-GLI-0000-100", images, None, affine)
+    (tmp_path / "in" / "README.txt").write_text("cases from site 3")
+    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr()
+    assert "wrote 1 of 2 predictions" in out.out
+    assert "BraTS-GLI-0000-100: named like a case" in out.err and "README.txt: a file, not a case folder" in out.err
+
+
+def test_output_path_that_is_a_file_is_one_line(tmp_path, weights, small_case):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    images, _, affine = small_case
+    case = write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    (tmp_path / "taken").write_text("")
+    done = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
+                           "--output", str(tmp_path / "taken")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'taken'}: File exists")
+
+
+def test_weights_of_an_older_format_or_other_regions_are_refused(tmp_path):
+    config = ModelParams(base_width=4, max_width=8, depth=3, norm="instance", deep_supervision=False)
+    old = tmp_path / "old.pt"                      # the format before the inference section existed
+    torch.save({"state_dict": UNet3D(config).state_dict(), "model": config.__dict__,
+                "params": {"train.patch": [48, 48, 48]}, "epoch": 1, "val": {}}, old)
+    with pytest.raises(UserError, match=r"old\.pt is not of format 2 \(found format none.*retrain"):
+        predict.main(["--weights", str(old), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    spec = current_spec((48, 48, 48), (1.0, 1.0, 1.0))
+    other = tmp_path / "other.pt"
+    save(other, weights_payload(UNet3D(config).state_dict(), config, spec.__class__(
+        spec.patch, ("WT", "TC", "ET", "NETC"), spec.modalities, spec.spacing_mm, spec.edition), {}, 1, {}))
+    with pytest.raises(UserError, match=r"other\.pt was trained with regions .*NETC.* but this code uses"):
+        predict.main(["--weights", str(other), "--input", str(tmp_path), "--output", str(tmp_path / "o")])

@@ -11,12 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import write_case
 from errors import UserError
 from geometry import restore, to_canonical
+from helpers import write_case
+from layout import IMAGE_FILE, LABEL_FILE
 from nifti import CaseError, read_case, write_nifti
-from preprocess import (IMAGE_FILE, LABEL_FILE, find_cases, preprocess, preprocess_case,
-                        split_patients, zscore)
+from prepare import find_cases, zscore
+from preprocess import RAW_DIR_HINT, preprocess, preprocess_case, split_patients
 
 CASE = "BraTS-GLI-00001-100"
 
@@ -111,11 +112,30 @@ def test_negative_label(one_case, small_case):
 
 
 def test_float_label_file_is_rounded(one_case, small_case):
-    wobble = np.random.default_rng(0).uniform(-0.2, 0.2, small_case[1].shape)
+    wobble = np.random.default_rng(0).uniform(-1e-6, 1e-6, small_case[1].shape)   # float noise: 2.0000001
     rewrite(one_case, "seg", (small_case[1] + wobble).astype(np.float32))
     raw = read_case(one_case, with_seg=True)
     assert raw.seg.dtype == np.uint8
     np.testing.assert_array_equal(raw.seg, small_case[1])
+
+
+def test_fractional_label_is_refused_not_rounded(one_case, small_case):
+    seg = small_case[1].astype(np.float32)
+    seg[20, 20, 20] = 2.5
+    rewrite(one_case, "seg", seg)
+    with pytest.raises(CaseError, match=rf"{CASE}-seg\.nii\.gz: label value 2.5 is not a whole number"):
+        read_case(one_case, with_seg=True)
+
+
+def test_one_absurd_intensity_is_refused(one_case, small_case):
+    image = small_case[0][1].copy()
+    image[20, 20, 20] = 1e30                 # would flatten the whole channel after z-scoring
+    rewrite(one_case, "t1c", image)
+    with pytest.raises(CaseError, match=rf"{CASE}: {CASE}-t1c\.nii\.gz has 1 voxel\(s\) above 1000 × the head's"):
+        read_case(one_case, with_seg=True)
+    image[20, 20, 20] = 5 * small_case[0][1].max()      # bright, but plausible
+    rewrite(one_case, "t1c", image)
+    read_case(one_case, with_seg=True)
 
 
 def test_4d_volume_is_refused(one_case, small_case):
@@ -266,18 +286,101 @@ def test_on_error_fail_stops_with_the_reason_and_leaves_nothing_half_written(raw
     with pytest.raises(CaseError, match=rf"(?s){bad}: cannot read {bad}-seg\.nii\.gz.*on_error: skip"):
         preprocess(params)
     out = params.paths.preprocessed_dir
-    assert not (out / "manifest.json").exists()
-    for case_dir in (out / "cases").iterdir():  # whatever was finished is whole
-        assert not case_dir.name.startswith(".tmp")
-        assert np.load(case_dir / IMAGE_FILE).shape[0] == 4 and np.load(case_dir / LABEL_FILE).ndim == 3
+    assert not out.exists() and not list(out.parent.glob(".tmp-*"))   # nothing written, nothing left over
+
+
+def complete_output(raw_dir, params_for, **overrides):
+    """Params whose preprocessed folder already holds a complete output of raw_dir, and its files."""
+    params = params_for(paths__raw_dir=str(raw_dir), paths__preprocessed_dir="pre", preprocess__val_fraction=0.0,
+                        preprocess__test_fraction=0.34, **overrides)
+    preprocess(params)
+    out = params.paths.preprocessed_dir
+    return params, {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_full_disk_stops_the_stage_and_keeps_the_complete_earlier_output(raw_dir, params_for, monkeypatch):
+    params, before = complete_output(raw_dir, params_for, preprocess__on_error="skip", preprocess__workers=1)
+    import errno
+
+    import preprocess as stage
+    real_save, calls = np.save, []
+
+    def disk_full_on_the_second_case(path, array):
+        calls.append(path)
+        if len(calls) == 3:                  # image of the second case
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(path, array)
+    monkeypatch.setattr(stage.np, "save", disk_full_on_the_second_case)
+    # with on_error: skip, a full disk is still not a bad case: the stage stops, naming path and reason
+    with pytest.raises(UserError, match=r"BraTS-GLI-00001-101: cannot write the preprocessed case: .*image\.npy: "
+                                        r"No space left on device"):
+        preprocess(params)
+    out = params.paths.preprocessed_dir
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before                   # the earlier, complete output is untouched
+    assert not list(out.parent.glob(".tmp-*"))
+
+
+def test_killed_worker_ends_the_stage_with_the_case_it_held(raw_dir, tmp_path):
+    """kill -9 one preprocess worker (what the OOM killer does): no hang, one line naming the cases."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import checkout
+    repo = checkout(tmp_path / "repo", {"paths.raw_dir": str(raw_dir), "preprocess.workers": 2,
+                                        "preprocess.val_fraction": 0.0, "preprocess.test_fraction": 0.34})
+    proc = subprocess.Popen([sys.executable, "src/preprocess.py"], cwd=repo, stderr=subprocess.PIPE, text=True)
+    victim = None
+    for _ in range(3000):                    # the spawned workers appear as children of the stage
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        pids = children.read_text().split() if children.exists() else []
+        workers = [p for p in pids if "spawn" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")] \
+            if pids else []
+        if workers:
+            victim = int(workers[0])
+            break
+        time.sleep(0.01)
+    assert victim, "no worker process appeared"
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)    # ends within seconds, does not wait forever
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "a preprocess worker died while it held BraTS-GLI-" in err and "memory" in err
+    assert not (repo / "data" / "preprocessed").exists()
+
+
+def test_misnamed_case_folder_fails_or_is_reported(raw_dir, params_for, small_case):
+    images, labels, affine = small_case
+    write_case(raw_dir, "BraTS-GLI-0000-100", images, labels, affine)     # 4-digit patient
+    (raw_dir / "notes.txt").write_text("scanner protocol")
+    params = params_for(paths__raw_dir=str(raw_dir), paths__preprocessed_dir="pre",
+                        preprocess__val_fraction=0.0, preprocess__test_fraction=0.34)
+    with pytest.raises(CaseError, match=r"BraTS-GLI-0000-100: named like a case but not BraTS-GLI-PPPPP-VVV"):
+        preprocess(params)
+    report = preprocess(params_for(paths__raw_dir=str(raw_dir), paths__preprocessed_dir="pre",
+                                   preprocess__on_error="skip", preprocess__val_fraction=0.0,
+                                   preprocess__test_fraction=0.34))
+    assert "BraTS-GLI-0000-100" in report["skipped"] and report["processed"] == 4
+    assert report["ignored"] == {"notes.txt": "a file, not a case folder"}
+
+
+def test_when_every_case_fails_the_reasons_are_given(raw_dir, params_for):
+    for case_dir in raw_dir.iterdir():
+        (case_dir / f"{case_dir.name}-t2f.nii.gz").unlink()
+    params = params_for(paths__raw_dir=str(raw_dir), paths__preprocessed_dir="pre", preprocess__on_error="skip")
+    with pytest.raises(UserError, match=r"(?s)could be preprocessed:\n.*BraTS-GLI-00001-100: missing file "
+                                        r"BraTS-GLI-00001-100-t2f.*BraTS-GLI-00003-100: missing file"):
+        preprocess(params)
 
 
 def test_raw_folder_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist.*paths.raw_dir"):
-        find_cases(tmp_path / "missing")
+        find_cases(tmp_path / "missing", RAW_DIR_HINT)
     (tmp_path / "empty" / "not-a-case").mkdir(parents=True)
     with pytest.raises(UserError, match="no case folders named like BraTS-GLI-00000-100"):
-        find_cases(tmp_path / "empty")
+        find_cases(tmp_path / "empty", RAW_DIR_HINT)
 
 
 def test_all_zero_case(tmp_path, small_case):

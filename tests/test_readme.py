@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import torch
 import yaml
 
+from helpers import ROOT
 from model import UNet3D
 from params import load_params
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def gpu_overrides() -> dict:

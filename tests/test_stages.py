@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def checkout(tmp_path: Path, edit) -> Path:
-    """A copy of src/ and params.yaml (edited) in tmp_path, as a fresh clone would have."""
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    edit(params)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return tmp_path
+from helpers import TINY, checkout
 
 
 def run(repo: Path, stage: str) -> subprocess.CompletedProcess:
@@ -28,14 +17,9 @@ def run(repo: Path, stage: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def tiny(params: dict) -> None:
-    params["synthesize"].update(patients=4, visits=2, grid=[40, 48, 40], spacing_mm=4.0)
-    params["preprocess"].update(val_fraction=0.25, test_fraction=0.25)
-
-
 @pytest.mark.slow
 def test_synthesize_then_preprocess(tmp_path):
-    repo = checkout(tmp_path, tiny)
+    repo = checkout(tmp_path, TINY)
     done = run(repo, "synthesize")
     assert done.returncode == 0, done.stderr
     cases = sorted(p.name for p in (repo / "data" / "synthetic").iterdir())
@@ -49,7 +33,7 @@ def test_synthesize_then_preprocess(tmp_path):
 
 @pytest.mark.slow
 def test_bad_params_stop_before_work_with_one_clear_line(tmp_path):
-    repo = checkout(tmp_path, lambda p: p["synthesize"].update(patients=-3))
+    repo = checkout(tmp_path, {"synthesize.patients": -3})
     done = run(repo, "synthesize")
     assert done.returncode == 1
     assert "error: synthesize.patients: -3 is out of range" in done.stderr
@@ -59,7 +43,18 @@ def test_bad_params_stop_before_work_with_one_clear_line(tmp_path):
 
 @pytest.mark.slow
 def test_missing_raw_folder_is_explained(tmp_path):
-    repo = checkout(tmp_path, lambda p: p["paths"].update(raw_dir="data/BraTS2024"))
+    repo = checkout(tmp_path, {"paths.raw_dir": "data/BraTS2024"})
     done = run(repo, "preprocess")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "data/BraTS2024 does not exist" in done.stderr
+
+
+@pytest.mark.slow
+def test_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    repo = checkout(tmp_path, {**TINY, "paths.preprocessed_dir": "blocker/pre"})
+    assert run(repo, "synthesize").returncode == 0
+    (repo / "blocker").write_text("a file where a folder should be")
+    done = run(repo, "preprocess")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write the preprocessed data: ") and "blocker" in last, last

@@ -7,18 +7,17 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+import fit
 import train
+from fit import TrainingDiverged
+from helpers import ADAM, TINY, checkout
 from model import UNet3D
 from params import ModelParams, load_params
-from train import LAST_FILE, RESUME_FILE, WEIGHTS_FILE, TrainingDiverged
-
-ROOT = Path(__file__).resolve().parents[1]
+from train import LAST_FILE, RESUME_FILE, WEIGHTS_FILE
 
 
 def weights(params) -> dict:
@@ -35,7 +34,8 @@ def test_outputs(tiny_params):
     saved = weights(params)
     model = UNet3D(ModelParams(**saved["model"]))
     model.load_state_dict(saved["state_dict"])           # strict: every key matches
-    assert saved["params"]["lr"] == params.lr and saved["regions"] == ["WT", "TC", "ET", "RC"]
+    assert saved["params"]["lr"] == params.lr and saved["inference"]["regions"] == ["WT", "TC", "ET", "RC"]
+    assert saved["inference"]["patch"] == [16, 16, 16] and saved["inference"]["spacing_mm"] == [4.0, 4.0, 4.0]
     assert torch.load(params.paths.models_dir / LAST_FILE, weights_only=True)["epoch"] == 2
     written = json.loads((params.paths.metrics_dir / "train.json").read_text())
     assert written == json.loads(json.dumps(metrics))
@@ -73,14 +73,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_params, tmp_path
     assert (killed.paths.resume_dir / RESUME_FILE).exists() and not (killed.paths.models_dir / WEIGHTS_FILE).exists()
     monkeypatch.setattr(train, "save_checkpoint", real_save)
     resumed_epochs = []
-    monkeypatch.setattr(train, "validate", lambda *a, **k: resumed_epochs.append(1) or real_validate(*a, **k))
+    monkeypatch.setattr(fit, "validate", lambda *a, **k: resumed_epochs.append(1) or real_validate(*a, **k))
     train.train(killed)
     assert len(resumed_epochs) == 1                               # only epoch 3 ran again
     assert same_state(weights(whole)["state_dict"], weights(killed)["state_dict"])
     assert weights(whole)["epoch"] == weights(killed)["epoch"]
 
 
-real_validate = train.validate
+real_validate = fit.validate
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tiny_params, monkeypatch, capsys):
@@ -100,14 +100,14 @@ def test_checkpoint_of_other_params_is_not_resumed(tiny_params, monkeypatch, cap
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tiny_params, monkeypatch):
     params = tiny_params(train__epochs=3)
-    real_loss = train.deep_supervision_loss
+    real_loss = fit.deep_supervision_loss
     calls = []
 
     def nan_in_epoch_2(outputs, target, w):
         calls.append(1)
         loss = real_loss(outputs, target, w)
         return loss * float("nan") if len(calls) > params.train.iterations_per_epoch else loss
-    monkeypatch.setattr(train, "deep_supervision_loss", nan_in_epoch_2)
+    monkeypatch.setattr(fit, "deep_supervision_loss", nan_in_epoch_2)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 1.*Lower lr"):
         train.train(params)
     state = torch.load(params.paths.resume_dir / RESUME_FILE, weights_only=False)
@@ -121,9 +121,8 @@ def test_lr_written_by_dvc_exp_as_text_trains_with_the_float(tiny_params, tiny_d
     base = tiny_params()
     overrides = {k: str(getattr(base.paths, k.split(".")[1])) for k in
                  ("paths.preprocessed_dir", "paths.models_dir", "paths.metrics_dir", "paths.resume_dir")}
-    from conftest import TINY_TRAIN
-    tiny = {k: v for k, v in TINY_TRAIN.items() if k != "lr"}  # keep the file's text value
-    params = load_params(tmp_path / "params.yaml", {**tiny, **overrides})
+    adam = {k: v for k, v in ADAM.items() if k != "lr"}  # keep the file's text value
+    params = load_params(tmp_path / "params.yaml", {**adam, **overrides})
     metrics = train.train(params)
     assert metrics["lr"] == 1e-5 and type(metrics["lr"]) is float
     assert weights(params)["params"]["lr"] == 1e-5
@@ -150,17 +149,7 @@ def test_mlflow_and_offline_wandb_record_the_run(tiny_params, tmp_path, monkeypa
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
     """torchrun with 2 CPU processes (gloo): trains, and only rank 0 writes."""
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    from conftest import TINY_TRAIN
-    raw = yaml.safe_load((tiny_data / "params.yaml").read_text())
-    for key, value in TINY_TRAIN.items():
-        section, *rest = key.split(".")
-        if rest:
-            raw[section][rest[0]] = value
-        else:
-            raw[section] = value
-    raw["paths"]["preprocessed_dir"] = str(tiny_data / "data" / "preprocessed")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    checkout(tmp_path, {**TINY, **ADAM, "paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed")})
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "src/train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -182,3 +171,22 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path, monkey
     tracker.log({"loss": 1.0}, step=1)
     tracker.finish(True)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_corrupt_resume_checkpoint_warns_and_trains_afresh(tiny_params, capsys):
+    params = tiny_params()
+    params.paths.resume_dir.mkdir(parents=True)
+    (params.paths.resume_dir / RESUME_FILE).write_bytes(b"truncated by a full disk")
+    train.train(params)
+    err = capsys.readouterr().err
+    assert f"cannot read the resume checkpoint {params.paths.resume_dir / RESUME_FILE}" in err
+    assert "starting afresh" in err and (params.paths.models_dir / WEIGHTS_FILE).exists()
+
+
+def test_unwritable_output_folder_stops_before_the_first_epoch(tiny_params, tmp_path, monkeypatch):
+    from errors import UserError
+    blocker = tmp_path / "models-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before checking the outputs"))
+    with pytest.raises(UserError, match=rf"cannot write to {blocker}.*train writes its outputs there"):
+        train.train(tiny_params(paths__models_dir=str(blocker)))

@@ -8,9 +8,8 @@ import json
 import optuna
 import pytest
 
-import train as train_module
 import tune
-from params import SearchRange
+from params import SearchRange, resolve_tuned
 
 
 @pytest.fixture
@@ -43,29 +42,29 @@ def test_tiny_study_prunes_writes_outputs_and_feeds_train(tune_params, tmp_path)
     assert len(rows) == 7 and "params_lr" in rows[0]
     assert (tmp_path / "tune" / "history.png").stat().st_size > 0 and (tmp_path / "tune" / "importance.png").exists()
     # precedence: `tuned` keys take the study's best value...
-    resolved = train_module.resolve_tuned(dataclasses.replace(params, lr="tuned", beta2="tuned"))
+    resolved = resolve_tuned(dataclasses.replace(params, lr="tuned", beta2="tuned"))
     assert resolved.lr == best["best"]["lr"] and resolved.beta2 == best["best"]["beta2"]
     assert resolved.beta1 == params.beta1                      # not `tuned`: the number stays
     # ...and a number set in params.yaml (or by `dvc exp run -S lr=...`) wins over it
-    assert train_module.resolve_tuned(tune_params(lr=1e-5)).lr == 1e-5
+    assert resolve_tuned(tune_params(lr=1e-5)).lr == 1e-5
 
 
 def test_interrupted_tune_resumes_without_repeating_trials(tune_params, monkeypatch):
     params = tune_params(tune__trials=3, tune__pruner="none")
-    real = tune.train
+    real = tune.run_trial
     calls = []
 
-    def dies_in_second_trial(p, report=None):
+    def dies_in_second_trial(p, on_epoch):
         calls.append(p.lr)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(p, report)
-    monkeypatch.setattr(tune, "train", dies_in_second_trial)
+        return real(p, on_epoch)
+    monkeypatch.setattr(tune, "run_trial", dies_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         tune.tune(params)
     first = [t for t in trials_in(params) if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(first) == 1
-    monkeypatch.setattr(tune, "train", real)
+    monkeypatch.setattr(tune, "run_trial", real)
     tune.tune(params)
     trials = trials_in(params)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -80,9 +79,9 @@ def test_zero_trials_skip_tuning_and_train_needs_numbers(tune_params, tmp_path):
     assert result["best"] == {} and (tmp_path / "tune" / "best_params.json").exists()
     tuned = dataclasses.replace(params, lr="tuned", weight_decay="tuned", beta1="tuned", beta2="tuned")
     with pytest.raises(UserError, match=r"lr, weight_decay, beta1, beta2: `tuned` in params.yaml.*tune.trials is 0"):
-        train_module.resolve_tuned(tuned)
+        resolve_tuned(tuned)
     numbers = tune_params(tune__trials=0, lr=0.001, weight_decay=0.0, beta1=0.9, beta2=0.999)
-    assert train_module.resolve_tuned(numbers).lr == 0.001
+    assert resolve_tuned(numbers).lr == 0.001
 
 
 def test_changed_search_space_starts_a_new_study(tune_params):

@@ -1,0 +1,68 @@
+"""Where and how the network runs: device, numeric precision, determinism, the DDP process group.
+
+`resolve_precision` is the one place that decides bf16 / fp16 / fp32: training, validation,
+evaluation, prediction and the benchmarks all ask it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str        # what autocast uses: bf16 | fp16 | fp32
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_precision(requested: str, device: torch.device | str) -> str:
+    """bf16 | fp16 | fp32 for a params value (auto | bf16 | fp16 | fp32) on `device`.
+
+    Autocast is used on CUDA only: `auto` is bf16 there, and every request is fp32 on the CPU."""
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return "bf16" if requested == "auto" else requested
+
+
+def autocast_for(device: torch.device, precision: str):
+    """Autocast context for `precision` (bf16/fp16) on CUDA; fp32 and CPU run without it."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_runtime(precision: str, deterministic: bool) -> Runtime:
+    """Device, precision, determinism and (under torchrun) the process group of a training process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if deterministic:
+        # cuBLAS needs this before its first call to give reproducible results
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Runtime(device, resolve_precision(precision, device), rank, world)
