@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from metrics import (HD_MISS, dice, hd95, iou, lesion_scores, lesions, mean_scores, merge_across_tissues,
                      merge_touching, region_scores, surfel_areas, touching_pairs)
