@@ -28,11 +28,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 @contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final`; when the block ends without an error, it
-    replaces `final` (an older `final` is moved aside first and then removed). On an error or a
-    kill, `final` is untouched and only a `.tmp-*` folder can remain, which the next run removes."""
+    replaces `final` (an older `final` is moved aside first and then removed). On an error `final` is
+    untouched and the temporary folder removed; one left by a killed run is removed by the next."""
+    for stale in (*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp

@@ -48,14 +48,16 @@ class Outcome:
 
 
 def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
-    """Validate, reorient, crop and normalise one case; write it atomically; return its manifest entry.
-    A problem of the case raises CaseError; a failure to write raises UserError (not skippable)."""
+    """Validate, reorient, crop and normalise one case; write it into `out_dir` (the stage swaps the
+    whole output in at the end); return its manifest entry. A problem of the case raises CaseError;
+    a failure to write raises UserError (not skippable)."""
     raw = read_case(case_dir, with_seg=True)
     images, labels, box, affine = prepare(raw)
     try:
-        with atomic_folder(out_dir / raw.name) as tmp:
-            np.save(tmp / IMAGE_FILE, images)
-            np.save(tmp / LABEL_FILE, labels)
+        folder = out_dir / raw.name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / IMAGE_FILE, images)
+        np.save(folder / LABEL_FILE, labels)
     except OSError as e:
         raise UserError(f"{raw.name}: cannot write the preprocessed case: {describe_os_error(e)}") from None
     return {
