@@ -92,21 +92,6 @@ def bench_train_step(model: torch.nn.Module, batch: int, patch: int, device: tor
     return {"ms/step": seconds * 1e3, "patches/s": batch / seconds, "peak GB": peak}
 
 
-def bench_loader(pre_dir: Path, patch: int, batch: int, workers: int, batches: int) -> float:
-    """Patches per second the DataLoader delivers from the preprocessed arrays."""
-    from torch.utils.data import DataLoader
-
-    from dataset import PatchDataset
-    from layout import load_split
-    dataset = PatchDataset(pre_dir, load_split(pre_dir, "train"), (patch,) * 3, batches * batch, 0.33, True, 0)
-    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available())
-    it = iter(loader)
-    next(it)  # worker start-up is not throughput
-    t = time.perf_counter()
-    n = sum(x.shape[0] for x, _ in it)
-    return n / (time.perf_counter() - t)
-
-
 def load_bench_module(name: str):
     """A sibling script of bench/ (its names clash with src/ modules on sys.path)."""
     import importlib.util
@@ -175,9 +160,12 @@ def main() -> None:
         t = time.perf_counter()
         preprocess(params)
         rows.append(("preprocess", {"cases/s": 4 / (time.perf_counter() - t)}))
-        rate = bench_loader(params.paths.preprocessed_dir, patch, batch, args.workers, 4 if args.quick else 50)
-        rows.append((f"loader, {args.workers} workers", {"patches/s": rate,
-                                                          "x fastest step": rate / fastest["patches/s"]}))
+        from layout import load_split
+        pre = params.paths.preprocessed_dir
+        loader = load_bench_module("scale").bench_loader(pre, load_split(pre, "train"), patch, batch, args.workers,
+                                                         4 if args.quick else 50, "full", device)
+        rows.append((f"loader, {args.workers} workers, full augmentation",
+                     {**loader, "x fastest step": loader["patches/s"] / fastest["patches/s"]}))
     sliding = load_bench_module("inference")
     model = UNet3D(config).to(device).eval()
     image = torch.zeros((4, *grid))

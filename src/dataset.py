@@ -1,7 +1,7 @@
-"""Training patches from the preprocessed, memory-mapped cases.
+"""Training patches from the preprocessed cases (src/layout.py), augmented by src/augment.py.
 
-Each sample's random draws (which case, where, which flips and intensity changes) come from its own
-generator seeded by (seed, epoch, index). So a batch is the same whichever DataLoader worker makes
+Each sample's random draws (which case, where, which rotation, flips and intensity changes) come from
+its own generator seeded by (seed, epoch, index). So a batch is the same whichever DataLoader worker makes
 it, however many workers there are, and after a resume: determinism does not hang on worker seeding.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import augment
 from layout import open_case
 
 
@@ -23,8 +24,7 @@ def choose_corner(rng: np.random.Generator, label: np.ndarray, patch: tuple[int,
     size = np.array(patch)
     if foreground:
         # a random labelled voxel of a random label present, so rare labels are seen as often
-        values = np.unique(label)
-        values = values[values > 0]
+        values = np.flatnonzero(np.bincount(label.reshape(-1), minlength=1)[1:]) + 1   # labels present
         if values.size:
             value = rng.choice(values)
             voxels = np.flatnonzero(label.reshape(-1) == value)
@@ -52,9 +52,12 @@ class PatchDataset(Dataset):
     """`length` random patches per epoch: (image (4, P, P, P) float32, labels (P, P, P) uint8)."""
 
     def __init__(self, pre_dir: Path, cases: list[str], patch: tuple[int, int, int], length: int,
-                 foreground_fraction: float, augment: bool, seed: int):
+                 foreground_fraction: float, augmentation: str, seed: int):
+        if augmentation not in augment.AUGMENTATIONS:
+            raise ValueError(f"augmentation {augmentation!r} is not one of {augment.AUGMENTATIONS}")
         self.pre_dir, self.cases, self.patch = pre_dir, cases, patch
-        self.length, self.foreground_fraction, self.augment, self.seed = length, foreground_fraction, augment, seed
+        self.length, self.foreground_fraction, self.seed = length, foreground_fraction, seed
+        self.augmentation = augmentation
         self.epoch = 0
         for case in cases:  # fail now, with the case's name, rather than in a worker later
             open_case(pre_dir, case)
@@ -62,21 +65,24 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, augment.Draw]:
+        """The cut region (C, ...) float16, its labels uint8 and the augmentation to apply on the
+        device (`augment.to_batch`); the region is the patch unless the draw rotates or scales it."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, label = open_case(self.pre_dir, self.cases[rng.integers(len(self.cases))])
+        image, stored_label = open_case(self.pre_dir, self.cases[rng.integers(len(self.cases))])
+        label = stored_label[...]
         corner = choose_corner(rng, label, self.patch, rng.random() < self.foreground_fraction)
-        x, y = cut(image, corner, self.patch), cut(label, corner, self.patch)
-        if self.augment:
-            x, y = augment(rng, x, y)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        matrix = augment.draw_spatial(rng) if self.augmentation == "full" else None
+        draw = augment.draw_intensity(rng, image.shape[0], self.augmentation)
+        if matrix is None:
+            x, y = cut(image, corner, self.patch), cut(label, corner, self.patch)
+        else:
+            centre = corner + (np.array(self.patch) - 1) / 2
+            box, draw.offset = augment.region_for(matrix, centre, self.patch, label.shape)
+            x, y, draw.matrix = image[(slice(None), *box)], label[box], matrix
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)), draw
 
-
-def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Random flip on each axis; per-channel intensity scale (×0.9–1.1) and shift (±0.1 std)."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            x, y = np.flip(x, axis + 1), np.flip(y, axis)
-    scale = rng.uniform(0.9, 1.1, (x.shape[0], 1, 1, 1)).astype(np.float32)
-    shift = rng.uniform(-0.1, 0.1, (x.shape[0], 1, 1, 1)).astype(np.float32)
-    return x * scale + shift, y
+    def patch_at(self, index: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample `index` as training sees it: augmented on `device`, (C, *patch) float32 and labels."""
+        x, y, draw = self[index]
+        return augment.apply(x.to(device), y.to(device), draw, self.patch)

@@ -19,7 +19,7 @@ def describe_os_error(e: OSError) -> str:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); report a UserError or an error of the machine (disk, folders, permissions)
-    as one clear line and exit 1, without a traceback."""
+    as one clear line and exit 1, without a traceback; Ctrl-C as one line and exit 130."""
     try:
         main()
     except UserError as e:
@@ -28,3 +28,7 @@ def run_stage(main: Callable[[], None]) -> None:
     except OSError as e:
         print(f"error: {describe_os_error(e)} (check free space, permissions and the path)", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing half-written was kept; run the same command again to continue (the "
+              "train stage resumes from its last finished epoch)", file=sys.stderr)
+        sys.exit(130)

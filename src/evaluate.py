@@ -96,7 +96,7 @@ def overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, tit
     z = int(np.argmax((gt > 0).sum(axis=(0, 1)))) if gt.any() else gt.shape[2] // 2
     colours = ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.6), (0.2, 0.9, 0.2, 0.45), (1, 1, 0.1, 0.7),
                               (0.3, 0.5, 1, 0.6)])
-    t1c, flair = image[MODALITIES.index("t1c"), :, :, z].T, image[MODALITIES.index("t2f"), :, :, z].T
+    t1c, flair = (image[MODALITIES.index(m), :, :, z].T.astype(np.float32) for m in ("t1c", "t2f"))
     fig, axes = plt.subplots(1, 3, figsize=(10, 4))
     for ax, background, labels, name in ((axes[0], t1c, None, "T1c"), (axes[1], flair, gt, "ground truth"),
                                          (axes[2], flair, pred, "prediction")):
@@ -124,16 +124,17 @@ def evaluate(params: Params) -> dict:
     with atomic_folder(paths.predictions_dir) as predictions, \
             atomic_folder(paths.metrics_dir / OVERLAYS_DIR) as overlays:
         for i, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
-            image, gt = open_case(paths.preprocessed_dir, case)
+            stored_image, stored_gt = open_case(paths.preprocessed_dir, case)
+            image, gt = stored_image.read(), stored_gt.read()
             pred = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
                                                  precision))
             entry = manifest[case]
-            per_case[case] = case_scores(pred, np.asarray(gt), tuple(entry["spacing_mm"]))
+            per_case[case] = case_scores(pred, gt, tuple(entry["spacing_mm"]))
             original = restore(pred, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),
                                np.array(entry["original_affine"]))
             write_nifti(predictions / f"{case}.nii.gz", original, np.array(entry["original_affine"]))
             if i < ep.overlays:
-                overlay(overlays / f"{case}.png", np.asarray(image), np.asarray(gt), pred, case)
+                overlay(overlays / f"{case}.png", image, gt, pred, case)
         mean = mean_scores(list(per_case.values()))
         metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
         metrics["lesions"] = {r: {k: mean[r][k] for k in ("tp", "fp", "fn")} for r in REGIONS}

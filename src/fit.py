@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from augment import collate, to_batch
 from brats import labels_to_regions
 from dataset import PatchDataset
 from errors import UserError
@@ -91,7 +92,7 @@ def make_loader(params: Params, rt: Runtime, cases: list[str]) -> tuple[PatchDat
                            tp.augment, params.base.seed)
     # rank r takes batch slots r, r + world, …: disjoint samples, the same ones after a resume
     mine = [i for i in range(per_epoch) if (i // tp.batch_size) % rt.world == rt.rank]
-    loader = DataLoader(Subset(dataset, mine), batch_size=tp.batch_size, shuffle=False,
+    loader = DataLoader(Subset(dataset, mine), batch_size=tp.batch_size, shuffle=False, collate_fn=collate,
                         num_workers=tp.workers, pin_memory=rt.device.type == "cuda", drop_last=True,
                         persistent_workers=False)
     return dataset, loader
@@ -132,8 +133,8 @@ def validate(model: torch.nn.Module, params: Params, rt: Runtime, cases: list[st
     scores = []
     for case in cases:
         image, label = open_case(params.paths.preprocessed_dir, case)
-        probs = predict_probs(model, image, tp.patch, tp.val_overlap, tp.val_batch, precision=rt.precision)
-        scores.append(region_scores(probs_to_labels(probs), np.asarray(label)))
+        probs = predict_probs(model, image.read(), tp.patch, tp.val_overlap, tp.val_batch, precision=rt.precision)
+        scores.append(region_scores(probs_to_labels(probs), label.read()))
     mean = mean_scores(scores)
     flat = {f"val_{k}_{region}": v for region, s in mean.items() for k, v in s.items()}
     flat["val_mean_iou"] = float(np.mean([s["iou"] for s in mean.values()]))
@@ -152,7 +153,8 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
         bar = tqdm(parts.loader, desc=f"epoch {epoch + 1}/{tp.epochs}", unit="batch", disable=not rt.main,
                    leave=False)
         t0 = time.time()
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
+            x, y = to_batch(batch, rt.device, tp.patch)     # augmented on the device (src/augment.py)
             loss = forward_loss(parts.step_model, x, y, tp.loss, rt.device, rt.precision)
             value = loss.detach()
             if rt.world > 1:

@@ -54,7 +54,7 @@ def predict_probs(model: nn.Module, image: np.ndarray | torch.Tensor, patch: tup
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    x = torch.as_tensor(np.array(image) if isinstance(image, np.memmap) else image)
+    x = torch.as_tensor(image)
     x = x.to(device, torch.float32)                                        # (C, X, Y, Z)
     shape = tuple(x.shape[1:])
     pad = [max(0, p - s) for p, s in zip(patch, shape)]

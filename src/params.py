@@ -68,6 +68,7 @@ class SynthesizeParams:
     visits: int = _num(1, 10)          # each patient gets 1..visits visits
     grid: tuple[int, int, int] = _num(16, 512)
     spacing_mm: float = _num(0.5, 4.0)
+    workers: int = _num(1, 256)        # processes; the files do not depend on it
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class TrainParams:
     batch_size: int = _num(1, 1024)
     patch: tuple[int, int, int] = _num(8, 512)
     foreground_fraction: float = _num(0.0, 1.0)
-    augment: bool
+    augment: Literal["none", "light", "full"]   # src/augment.py
     loss: LossParams
     schedule: Literal["none", "poly", "cosine"]
     precision: Literal["auto", "bf16", "fp16", "fp32"]   # auto: bf16 on CUDA, fp32 on CPU

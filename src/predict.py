@@ -4,15 +4,28 @@
 
 `--input` is one case folder (`BraTS-GLI-PPPPP-VVV/` with the four modalities; no seg needed) or a
 folder of them. Each case is checked as preprocess checks it, prepared the same way (RAS, crop,
-z-score), segmented by sliding-window inference and written as `<output>/<case>.nii.gz`: uint8 labels
-0-4 on the input's own grid, with its shape and affine. A bad case is reported and skipped
+z-score, float16), segmented by sliding-window inference and written as `<output>/<case>.nii.gz`:
+uint8 labels 0-4 on the input's own grid, with its shape and affine. The inference settings (overlap,
+window batch, 8-flip mirroring) are the evaluate stage's, read from params.yaml's `evaluate` section,
+so predict gives the masks the metrics describe; flags override them (`--no-mirror`: 8× faster).
+
+A case whose output exists is skipped (`--overwrite` redoes it), so an interrupted run continues.
+`--save-probabilities` also writes `<case>.probs.npz`: the per-region probabilities on the input's
+grid as uint8 (probability = value / 255) with the region names and the affine. `predictions.json`
+records the weights' SHA-256 and inference spec, the settings, the software versions and, per case,
+the input's shape and affine and the seconds it took. A bad case is reported and skipped
 (`--fail-fast` stops instead); the exit status is 1 if any case failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +34,17 @@ from tqdm import tqdm
 
 from brats import is_case_dir
 from errors import UserError, run_stage
+from files import atomic_write, read_json, write_json
 from geometry import restore
 from inference import predict_probs, probs_to_labels
 from nifti import read_case, write_nifti
+from params import PARAMS_FILE, load_params
 from prepare import Listing, find_cases, prepare, spacing_of
 from runtime import resolve_precision
 from weights import InferenceSpec, load_model
+
+RECORD_FILE = "predictions.json"
+PROBS_SUFFIX = ".probs.npz"
 
 SPACING_TOLERANCE = 0.1   # relative voxel-size difference from the training data before a warning
 
@@ -38,18 +56,57 @@ def case_dirs(path: Path) -> Listing:
     return find_cases(path, "give --input a case folder (BraTS-GLI-PPPPP-VVV) or a folder of them")
 
 
-def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec, overlap: float,
-                 batch: int, mirror: bool, precision: str) -> tuple[np.ndarray, np.ndarray]:
-    """Label map (uint8) on the case's own grid, and that grid's affine."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    overlap: float
+    batch: int
+    mirror: bool
+    precision: str
+
+
+def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec,
+                 settings: Settings) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Label map (uint8) and region probabilities (R, ...) on the case's own grid, that grid's affine,
+    and its shape."""
     raw = read_case(case_dir, with_seg=False)
     images, _, box, affine = prepare(raw)
     spacing = np.array(spacing_of(affine))
     if np.any(np.abs(spacing / np.array(spec.spacing_mm) - 1) > SPACING_TOLERANCE):
         print(f"warning: {raw.name}: voxel size {tuple(spacing)} mm differs from the training data's "
               f"{spec.spacing_mm} mm; resample the case to that grid for reliable results", file=sys.stderr)
-    probs = predict_probs(model, images, spec.patch, overlap, batch, mirror, precision)
+    probs = predict_probs(model, images, spec.patch, settings.overlap, settings.batch, settings.mirror,
+                          settings.precision)
     labels = probs_to_labels(probs)
-    return restore(labels, box, raw.images.shape[1:], raw.affine), raw.affine
+    shape = raw.images.shape[1:]
+    on_grid = np.stack([restore(p, box, shape, raw.affine) for p in (probs.numpy() * 255).round().astype(np.uint8)])
+    return restore(labels, box, shape, raw.affine), on_grid, raw.affine, shape
+
+
+def save_probabilities(path: Path, probs: np.ndarray, regions: tuple[str, ...], affine: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probabilities=probs, regions=np.array(regions), affine=affine)
+    atomic_write(path, write)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def software() -> dict:
+    """Versions that decide the output, and the project's commit when run from a git checkout."""
+    import nibabel
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "nibabel": nibabel.__version__, "commit": commit}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,15 +114,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--weights", type=Path, required=True, help="weights file from the train stage")
     ap.add_argument("--input", type=Path, required=True, help="a case folder, or a folder of case folders")
     ap.add_argument("--output", type=Path, required=True, help="folder for <case>.nii.gz predictions")
-    ap.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    ap.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
-    ap.add_argument("--mirror", action="store_true", help="average over the 8 axis flips (8x slower)")
+    ap.add_argument("--params", type=Path, default=PARAMS_FILE,
+                    help="params.yaml whose evaluate section gives the defaults below (default: the repository's)")
+    ap.add_argument("--overlap", type=float, help="sliding-window overlap (default: evaluate.overlap)")
+    ap.add_argument("--batch", type=int, help="windows per forward pass (default: evaluate.batch)")
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction,
+                    help="average over the 8 axis flips, 8x slower (default: evaluate.mirror)")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                    help="auto: bf16 on CUDA, fp32 on CPU (as the evaluate stage)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--save-probabilities", action="store_true",
+                    help="also write <case>.probs.npz: uint8 per-region probabilities on the input's grid")
+    ap.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first bad case")
     args = ap.parse_args(argv)
-    if not 0 <= args.overlap < 1:
+    if args.overlap is not None and not 0 <= args.overlap < 1:
         ap.error(f"--overlap {args.overlap}: must be at least 0 and below 1")
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         ap.error(f"--batch {args.batch}: must be 1 or more")
     try:
         device = torch.device(args.device)
@@ -76,10 +141,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def settings_for(args: argparse.Namespace) -> Settings:
+    """Flags where given, else the evaluate stage's settings from params.yaml (read only when needed,
+    so predict also runs outside a checkout with all three flags given)."""
+    precision = resolve_precision(args.precision, torch.device(args.device))
+    if None not in (args.overlap, args.batch, args.mirror):
+        return Settings(args.overlap, args.batch, args.mirror, precision)
+    try:
+        evaluate = load_params(args.params).evaluate
+    except UserError as e:
+        raise UserError(f"{e} (or give --overlap, --batch and --mirror/--no-mirror)") from None
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    return Settings(pick(args.overlap, evaluate.overlap), pick(args.batch, evaluate.batch),
+                    pick(args.mirror, evaluate.mirror), precision)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settings = settings_for(args)
     model, spec = load_model(args.weights, args.device)
-    precision = resolve_precision("auto", args.device)
     listing = case_dirs(args.input)
     cases = listing.cases
     for name, reason in listing.ignored.items():
@@ -87,21 +167,49 @@ def main(argv: list[str] | None = None) -> int:
     if listing.misnamed and args.fail_fast:
         raise UserError(next(iter(listing.misnamed.values())))
     args.output.mkdir(parents=True, exist_ok=True)
+    record_path = args.output / RECORD_FILE
+    previous = read_json(record_path, "the record of an earlier run", "predict").get("cases", {}) \
+        if record_path.exists() else {}
+    record = {"weights": {"path": str(args.weights), "sha256": file_sha256(args.weights),
+                          "inference": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in dataclasses.asdict(spec).items()}},
+              "settings": {**dataclasses.asdict(settings), "device": str(args.device),
+                           "probabilities": args.save_probabilities},
+              "software": software(), "cases": {}, "failed": {}}
     failed = dict(listing.misnamed)
     for reason in failed.values():
         print(f"error: {reason}", file=sys.stderr)
+    skipped = 0
     for case_dir in tqdm(cases, desc="predict", unit="case"):
+        out = args.output / f"{case_dir.name}.nii.gz"
+        probs_out = args.output / f"{case_dir.name}{PROBS_SUFFIX}"
+        if not args.overwrite and out.exists() and (probs_out.exists() or not args.save_probabilities):
+            skipped += 1
+            if case_dir.name in previous:
+                record["cases"][case_dir.name] = previous[case_dir.name]
+            continue
+        start = time.perf_counter()
         try:
-            labels, affine = predict_case(model, case_dir, spec, args.overlap, args.batch, args.mirror, precision)
+            labels, probs, affine, shape = predict_case(model, case_dir, spec, settings)
         except UserError as e:
             if args.fail_fast:
                 raise
             failed[case_dir.name] = str(e)
             print(f"error: {e}", file=sys.stderr)
             continue
-        write_nifti(args.output / f"{case_dir.name}.nii.gz", labels, affine)
+        if args.save_probabilities:
+            save_probabilities(probs_out, probs, spec.regions, affine)
+        write_nifti(out, labels, affine)
+        record["cases"][case_dir.name] = {"input_shape": list(shape), "input_affine": affine.round(6).tolist(),
+                                          "seconds": round(time.perf_counter() - start, 3)}
+        record["failed"] = failed
+        write_json(record_path, record)        # after every case: an interrupted run keeps its record
+    record["failed"] = failed
+    write_json(record_path, record)
     total = len(cases) + len(listing.misnamed)
-    print(f"wrote {total - len(failed)} of {total} predictions to {args.output}")
+    done = total - len(failed) - skipped
+    print(f"wrote {done} of {total} predictions to {args.output}"
+          + (f" ({skipped} already there: --overwrite redoes them)" if skipped else ""))
     if failed:
         print(f"{len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -3,8 +3,8 @@
 For every case folder under `paths.raw_dir` (synthetic or real BraTS 2024):
   validate (four modalities, one grid, finite values, labels 0..4) ->
   reorient to RAS -> crop to the head (non-zero) box -> z-score each modality inside the head ->
-  `<preprocessed_dir>/cases/<case>/image.npy` (4, X, Y, Z) float32 and `label.npy` (X, Y, Z) uint8,
-  plain .npy files that a training worker memory-maps to cut a patch without reading the whole case.
+  `<preprocessed_dir>/cases/<case>/image.b2nd` (4, X, Y, Z) float16 and `label.b2nd` (X, Y, Z) uint8,
+  chunked and compressed (src/layout.py), so a training worker cuts a patch without reading the case.
 Then `manifest.json` (patient, crop box, original shape and affine of each case), `splits.json`
 (a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
 
@@ -17,10 +17,7 @@ memory does not grow with the dataset.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +27,9 @@ from tqdm import tqdm
 from brats import EDITION, LABELS, MODALITIES, patient_of
 from errors import UserError, describe_os_error, run_stage
 from files import atomic_folder, write_json
-from layout import CASES_DIR, IMAGE_FILE, LABEL_FILE, MANIFEST_FILE, REPORT_FILE, SPLITS_FILE
+from layout import CASES_DIR, MANIFEST_FILE, REPORT_FILE, SPLITS_FILE, write_case
 from nifti import CaseError, read_case
+from parallel import run_each
 from params import Params, PreprocessParams, load_params
 from prepare import find_cases, prepare, spacing_of
 
@@ -54,10 +52,7 @@ def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
     raw = read_case(case_dir, with_seg=True)
     images, labels, box, affine = prepare(raw)
     try:
-        folder = out_dir / raw.name
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / IMAGE_FILE, images)
-        np.save(folder / LABEL_FILE, labels)
+        write_case(out_dir / raw.name, images, labels)
     except OSError as e:
         raise UserError(f"{raw.name}: cannot write the preprocessed case: {describe_os_error(e)}") from None
     return {
@@ -80,40 +75,12 @@ def _work(job: tuple[Path, Path]) -> Outcome:
         return Outcome(case_dir.name, None, str(e))
 
 
-def _outcomes(case_dirs: list[Path], out_dir: Path, workers: int):
-    """Outcomes as cases finish: in this process for one worker, else on a pool of `workers`
-    processes with at most `workers` cases in flight, so a dead worker is pinned to the cases it held."""
-    jobs = [(c, out_dir) for c in case_dirs]
-    if workers == 1:
-        yield from map(_work, jobs)
-        return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        pending: dict[Future, str] = {}
-        try:
-            while jobs or pending:
-                while jobs and len(pending) < workers:
-                    job = jobs.pop(0)
-                    pending[pool.submit(_work, job)] = job[0].name
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    outcome = future.result()
-                    del pending[future]
-                    yield outcome
-        except BrokenProcessPool:
-            raise UserError(
-                f"a preprocess worker died while it held {' or '.join(sorted(pending.values()))}: killed by "
-                "the system, most likely for lack of memory. Nothing of it was kept; lower "
-                "preprocess.workers (each holds one case in memory) and run again") from None
-        finally:
-            for future in pending:
-                future.cancel()
-
-
 def run_cases(case_dirs: list[Path], out_dir: Path, p: PreprocessParams) -> list[Outcome]:
     """Process cases on `p.workers` processes; with on_error=fail, stop at the first bad case."""
     outcomes = []
     with tqdm(total=len(case_dirs), desc="preprocess", unit="case") as bar:
-        for outcome in _outcomes(case_dirs, out_dir, min(p.workers, len(case_dirs))):
+        jobs = [(c, out_dir) for c in case_dirs]
+        for outcome in run_each(_work, jobs, min(p.workers, len(jobs)), lambda job: job[0].name, "preprocess"):
             bar.update()
             if outcome.error and p.on_error == "fail":
                 raise CaseError(f"{outcome.error}\n{SKIP_HINT}")

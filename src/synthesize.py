@@ -26,6 +26,7 @@ from brats import MODALITIES, SEG, case_id
 from errors import run_stage
 from files import atomic_folder
 from nifti import write_nifti
+from parallel import run_each
 from params import SynthesizeParams, load_params
 
 # Signal of each tissue in (t1n, t1c, t2w, t2f), relative to white matter on T1 ~ 0.85.
@@ -261,11 +262,18 @@ def write_case(out_dir: Path, seed: int, patient: int, visit_index: int, params:
     return name
 
 
+def _work(job: tuple[Path, int, int, int, SynthesizeParams]) -> str:
+    return write_case(*job)
+
+
 def synthesize(params: SynthesizeParams, seed: int, out_dir: Path) -> list[str]:
+    """Every case of the plan, on `params.workers` processes: each case comes from its own seed, so the
+    files are the same bytes whatever the number of workers."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = plan(params, seed)
-    return [write_case(out_dir, seed, p, v, params)
-            for p, v in tqdm(cases, desc="synthesize", unit="case")]
+    jobs = [(out_dir, seed, p, v, params) for p, v in plan(params, seed)]
+    workers = min(params.workers, len(jobs))
+    names = run_each(_work, jobs, workers, lambda job: case_id(job[2], 100 + job[3]), "synthesize")
+    return sorted(tqdm(names, total=len(jobs), desc="synthesize", unit="case"))
 
 
 def main() -> None:

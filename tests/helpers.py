@@ -23,7 +23,7 @@ SMALL_SPACING = 4.0
 # Adam's keys stay `tuned` here, as in params.yaml; tests that train without tuning add ADAM.
 TINY = {
     "synthesize.patients": 8, "synthesize.visits": 1, "synthesize.grid": list(SMALL_GRID),
-    "synthesize.spacing_mm": SMALL_SPACING,
+    "synthesize.spacing_mm": SMALL_SPACING, "synthesize.workers": 1,
     "preprocess.workers": 1, "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25,
     "model.base_width": 4, "model.max_width": 16, "model.depth": 3, "model.deep_supervision": True,
     "tune.trials": 2, "tune.epochs": 1,

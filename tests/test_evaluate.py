@@ -119,6 +119,14 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
     scored = evaluate.score_folders(params.paths.predictions_dir, gt_dir)
     for row in rows:
         assert float(row["iou_WT"]) == pytest.approx(scored["cases"][row["case"]]["WT"]["iou"], abs=1e-4)
+    # predict.py as the README's new-machine recipe runs it (defaults only) gives the same masks
+    import predict
+    assert predict.main(["--weights", str(params.paths.models_dir / "model.pt"), "--input", str(gt_dir),
+                         "--output", str(tmp_path / "predicted"), "--params", str(tiny_data / "params.yaml")]) == 0
+    for case in test_cases:
+        ours = np.asanyarray(nib.load(tmp_path / "predicted" / f"{case}.nii.gz").dataobj)
+        stage = np.asanyarray(nib.load(params.paths.predictions_dir / f"{case}.nii.gz").dataobj)
+        assert np.array_equal(ours, stage), case
 
 
 def test_leaderboard_hd95_flag_reaches_the_scores(tmp_path):

@@ -30,3 +30,15 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     with atomic_folder(tmp_path / "out") as tmp:
         (tmp / "x").write_text("")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-99999", "out"]
+
+
+def test_ctrl_c_ends_a_stage_with_one_line(capsys):
+    from errors import run_stage
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as stop:
+        run_stage(interrupted)
+    assert stop.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted:") and "run the same command again" in err and "\n" not in err

@@ -73,10 +73,11 @@ def test_mirroring_of_a_flip_invariant_model_changes_nothing():
     assert torch.allclose(predict_probs(model, x, (8, 8, 8), mirror=True), plain, atol=1e-6)
 
 
-def test_memmap_input_and_labels(tmp_path):
-    path = tmp_path / "image.npy"
-    np.save(path, np.random.default_rng(0).standard_normal((4, 9, 9, 9)).astype(np.float32))
-    probs = predict_probs(tiny_unet(), np.load(path, mmap_mode="r"), (8, 8, 8))
+def test_float16_input_and_labels():
+    image = np.random.default_rng(0).standard_normal((4, 9, 9, 9)).astype(np.float16)  # as stored
+    model = tiny_unet()
+    probs = predict_probs(model, image, (8, 8, 8))
+    assert torch.equal(probs, predict_probs(model, torch.from_numpy(image.astype(np.float32)), (8, 8, 8)))
     labels = probs_to_labels(probs)
     assert probs.shape == (4, 9, 9, 9) and labels.shape == (9, 9, 9) and labels.dtype == np.uint8
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}

@@ -146,3 +146,88 @@ def test_weights_of_an_older_format_or_other_regions_are_refused(tmp_path):
         spec.patch, ("WT", "TC", "ET", "NETC"), spec.modalities, spec.spacing_mm, spec.edition), {}, 1, {}))
     with pytest.raises(UserError, match=r"other\.pt was trained with regions .*NETC.* but this code uses"):
         predict.main(["--weights", str(other), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+
+
+def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weights, small_case):
+    import hashlib
+    import json
+
+    from helpers import write_params
+    images, _, affine = small_case
+    write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    params = write_params(tmp_path / "params.yaml", {"evaluate.mirror": True, "evaluate.overlap": 0.25,
+                                                     "evaluate.batch": 3})
+    base = ["--weights", weights, "--input", str(tmp_path / "in"), "--params", str(params)]
+    assert predict.main([*base, "--output", str(tmp_path / "a")]) == 0
+    assert predict.main([*base, "--output", str(tmp_path / "b"), "--overlap", "0.25", "--mirror", "--batch", "1"]) == 0
+    assert predict.main([*base, "--output", str(tmp_path / "c"), "--no-mirror"]) == 0
+    read = lambda d: np.asanyarray(nib.load(tmp_path / d / "BraTS-GLI-00001-100.nii.gz").dataobj)  # noqa: E731
+    assert np.array_equal(read("a"), read("b"))
+    record = json.loads((tmp_path / "a" / "predictions.json").read_text())
+    assert record["settings"] == {"overlap": 0.25, "batch": 3, "mirror": True, "precision": "fp32", "device": "cpu",
+                                  "probabilities": False}
+    assert record["weights"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    assert record["weights"]["inference"]["patch"] == [48, 48, 48]
+    assert {"python", "torch", "numpy", "nibabel", "commit"} <= set(record["software"])
+    case = record["cases"]["BraTS-GLI-00001-100"]
+    assert case["input_shape"] == list(images.shape[1:]) and np.allclose(case["input_affine"], affine)
+    assert case["seconds"] > 0
+    c = json.loads((tmp_path / "c" / "predictions.json").read_text())
+    assert c["settings"]["mirror"] is False and c["settings"]["overlap"] == 0.25
+
+
+def test_probabilities_on_the_input_grid(tmp_path, weights, small_case):
+    from brats import MODEL_REGIONS, regions_to_labels
+    from test_preprocess import lps_copy
+    images, labels, _ = small_case
+    lps_images, _, lps_affine = lps_copy(images, labels)
+    write_case(tmp_path / "in", "BraTS-GLI-00002-100", lps_images, None, lps_affine)
+    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--save-probabilities", "--no-mirror"]) == 0
+    saved = np.load(tmp_path / "out" / "BraTS-GLI-00002-100.probs.npz")
+    probs = saved["probabilities"]
+    assert probs.dtype == np.uint8 and probs.shape == (len(MODEL_REGIONS), *images.shape[1:])
+    assert tuple(saved["regions"]) == MODEL_REGIONS and np.allclose(saved["affine"], lps_affine)
+    written = np.asanyarray(nib.load(tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").dataobj)
+    assert (regions_to_labels(probs > 127.5) == written).mean() > 0.999   # the mask is the thresholded probs
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, weights, small_case, capsys):
+    import json
+    images, _, affine = small_case
+    write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    write_case(tmp_path / "in", "BraTS-GLI-00002-100", images, None, affine)
+    args = ["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-mirror"]
+    assert predict.main(args) == 0
+    first = tmp_path / "out" / "BraTS-GLI-00001-100.nii.gz"
+    first.write_bytes(b"kept")                         # an earlier run's output, as far as predict knows
+    (tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").unlink()    # the case an interrupted run never wrote
+    capsys.readouterr()
+    assert predict.main(args) == 0
+    assert "wrote 1 of 2 predictions" in capsys.readouterr().out and first.read_bytes() == b"kept"
+    assert (tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").exists()
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert set(record["cases"]) == {"BraTS-GLI-00001-100", "BraTS-GLI-00002-100"}   # the skipped one kept
+    assert predict.main([*args, "--save-probabilities"]) == 0        # probabilities missing: redone
+    assert first.read_bytes() != b"kept"
+    first.write_bytes(b"kept")
+    assert predict.main([*args, "--overwrite"]) == 0 and first.read_bytes() != b"kept"
+
+
+def test_unwritable_probabilities_are_one_line(tmp_path, weights, small_case):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    images, _, affine = small_case
+    case = write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "BraTS-GLI-00001-100.probs.npz").mkdir()          # a folder where the file must go
+    done = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
+                           "--output", str(out), "--save-probabilities", "--no-mirror"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "BraTS-GLI-00001-100.probs.npz" in last
+    assert not (out / "BraTS-GLI-00001-100.nii.gz").exists()        # nothing half-written for that case

@@ -1,0 +1,49 @@
+"""Run one function over many cases on worker processes, as synthesize and preprocess both do."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterator, TypeVar
+
+from errors import UserError
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def run_each(work: Callable[[Job], Result], jobs: list[Job], workers: int, name: Callable[[Job], str],
+             stage: str) -> Iterator[Result]:
+    """Results of `work(job)` as they finish: in this process for one worker, else on `workers`
+    spawned processes with at most `workers` jobs in flight, so a worker the system kills is pinned
+    to the cases it held and reported in one line. Each job must not depend on the others: outputs
+    are then the same whatever the number of workers."""
+    jobs = list(jobs)
+    if workers <= 1:
+        yield from map(work, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending: dict[Future, str] = {}
+        try:
+            while jobs or pending:
+                while jobs and len(pending) < workers:
+                    job = jobs.pop(0)
+                    pending[pool.submit(work, job)] = name(job)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    del pending[future]
+                    yield result
+        except BrokenProcessPool:
+            # Python 3.11's executor then joins the surviving workers, which wait for work forever:
+            # end them, or leaving this block would hang.
+            for process in dict(getattr(pool, "_processes", None) or {}).values():
+                process.kill()
+            raise UserError(
+                f"a {stage} worker died while it held {' or '.join(sorted(pending.values()))}: killed by "
+                f"the system, most likely for lack of memory. Nothing of it was kept; lower "
+                f"{stage}.workers (each holds one case in memory) and run again") from None
+        finally:
+            for future in pending:
+                future.cancel()
