@@ -98,6 +98,16 @@ def make_loader(params: Params, rt: Runtime, cases: list[str]) -> tuple[PatchDat
     return dataset, loader
 
 
+def batches(loader: DataLoader):
+    """The loader's batches. A UserError raised in a worker process (a damaged case file) reaches
+    this process wrapped in the worker's traceback; it is raised again as the one line it was."""
+    try:
+        yield from loader
+    except UserError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise UserError(lines[-1].split("UserError: ", 1)[-1] if lines else str(e)) from None
+
+
 def build(params: Params, rt: Runtime, train_cases: list[str]) -> Parts:
     """Network (seeded by base.seed), Adam with the resolved lr/betas/decay, schedule, loader."""
     tp = params.train
@@ -150,8 +160,8 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
         parts.dataset.epoch = epoch
         parts.step_model.train()
         losses = []
-        bar = tqdm(parts.loader, desc=f"epoch {epoch + 1}/{tp.epochs}", unit="batch", disable=not rt.main,
-                   leave=False)
+        bar = tqdm(batches(parts.loader), total=len(parts.loader), desc=f"epoch {epoch + 1}/{tp.epochs}",
+                   unit="batch", disable=not rt.main, leave=False)
         t0 = time.time()
         for step, batch in enumerate(bar):
             x, y = to_batch(batch, rt.device, tp.patch)     # augmented on the device (src/augment.py)

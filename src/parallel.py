@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, TypeVar
@@ -23,6 +24,26 @@ def run_each(work: Callable[[Job], Result], jobs: list[Job], workers: int, name:
     if workers <= 1:
         yield from map(work, jobs)
         return
+    previous_hook = threading.excepthook
+    threading.excepthook = _quiet_after_a_break(previous_hook)
+    try:
+        yield from _on_pool(work, jobs, workers, name, stage)
+    finally:
+        threading.excepthook = previous_hook
+
+
+def _quiet_after_a_break(previous):
+    """Python 3.11's executor may fail in its own manager thread while it winds down a broken pool
+    (it iterates its worker table while a worker is still being started): a traceback about our
+    already-reported broken pool, printed by that thread. Keep it off the console."""
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ != "_ExecutorManagerThread":
+            previous(args)
+    return hook
+
+
+def _on_pool(work: Callable[[Job], Result], jobs: list[Job], workers: int, name: Callable[[Job], str],
+             stage: str) -> Iterator[Result]:
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         pending: dict[Future, str] = {}
         try:

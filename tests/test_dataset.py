@@ -71,3 +71,24 @@ def test_missing_preprocessed_case_is_named(tiny_data):
         PatchDataset(pre, ["BraTS-GLI-99999-100"], (16, 16, 16), 2, 0.5, "none", seed=0)
     with pytest.raises(UserError, match=r"splits.json not found .*dvc repro preprocess"):
         load_split(tiny_data / "nowhere", "train")
+
+
+def test_a_case_damaged_during_training_is_one_line_from_any_worker(tiny_data, tmp_path):
+    import shutil
+
+    from fit import batches
+    from layout import LABEL_FILE, case_folder
+    pre = tmp_path / "pre"
+    shutil.copytree(tiny_data / "data" / "preprocessed", pre)
+    cases = load_split(pre, "train")
+    ds = PatchDataset(pre, cases, (16, 16, 16), 8, 0.5, "light", seed=5)
+    for case in cases:                                  # damaged after the dataset checked it
+        label = case_folder(pre, case) / LABEL_FILE
+        label.write_bytes(label.read_bytes()[:200])
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate)
+        with pytest.raises(UserError) as caught:
+            list(batches(loader))
+        message = str(caught.value)
+        assert "\n" not in message and "Traceback" not in message
+        assert message.startswith("preprocessed file ") and "label.b2nd is missing or damaged" in message
