@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -42,25 +43,49 @@ def _quiet_after_a_break(previous):
     return hook
 
 
+def _ignore_ctrl_c() -> None:
+    """Workers leave Ctrl-C to the main process, which ends them; else each prints a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _submit(pool: ProcessPoolExecutor, work: Callable, job) -> Future:
+    """pool.submit, which may start a worker: started with Ctrl-C ignored, a worker keeps it ignored
+    from its first instruction (not only once its initializer runs after the imports)."""
+    if threading.current_thread() is not threading.main_thread():
+        return pool.submit(work, job)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return pool.submit(work, job)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    for process in dict(getattr(pool, "_processes", None) or {}).values():
+        process.kill()
+
+
 def _on_pool(work: Callable[[Job], Result], jobs: list[Job], workers: int, name: Callable[[Job], str],
              stage: str) -> Iterator[Result]:
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_ctrl_c) as pool:
         pending: dict[Future, str] = {}
         try:
             while jobs or pending:
                 while jobs and len(pending) < workers:
                     job = jobs.pop(0)
-                    pending[pool.submit(work, job)] = name(job)
+                    pending[_submit(pool, work, job)] = name(job)
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     result = future.result()
                     del pending[future]
                     yield result
+        except KeyboardInterrupt:       # Ctrl-C: the stage reports it in one line (errors.run_stage)
+            _end_workers(pool)
+            raise
         except BrokenProcessPool:
             # Python 3.11's executor then joins the surviving workers, which wait for work forever:
             # end them, or leaving this block would hang.
-            for process in dict(getattr(pool, "_processes", None) or {}).values():
-                process.kill()
+            _end_workers(pool)
             raise UserError(
                 f"a {stage} worker died while it held {' or '.join(sorted(pending.values()))}: killed by "
                 f"the system, most likely for lack of memory. Nothing of it was kept; lower "

@@ -351,6 +351,33 @@ def test_killed_worker_ends_the_stage_with_the_case_it_held(raw_dir, tmp_path):
     assert not (repo / "data" / "preprocessed").exists()
 
 
+def test_ctrl_c_with_workers_is_one_line(raw_dir, tmp_path):
+    """Ctrl-C reaches the whole process group, workers included: one line, exit 130, nothing kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import checkout
+    repo = checkout(tmp_path / "repo", {"paths.raw_dir": str(raw_dir), "preprocess.workers": 2,
+                                        "preprocess.val_fraction": 0.0, "preprocess.test_fraction": 0.34})
+    proc = subprocess.Popen([sys.executable, "src/preprocess.py"], cwd=repo, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)             # its own process group, as a terminal gives
+    for _ in range(3000):
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        pids = children.read_text().split() if children.exists() else []
+        if sum("spawn" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore") for p in pids) >= 2:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)                                             # workers still starting up
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted:")
+    assert not (repo / "data" / "preprocessed").exists()
+
+
 def test_misnamed_case_folder_fails_or_is_reported(raw_dir, params_for, small_case):
     images, labels, affine = small_case
     write_case(raw_dir, "BraTS-GLI-0000-100", images, labels, affine)     # 4-digit patient
