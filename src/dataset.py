@@ -49,7 +49,8 @@ def cut(array: np.ndarray, corner: np.ndarray, patch: tuple[int, int, int]) -> n
 
 
 class PatchDataset(Dataset):
-    """`length` random patches per epoch: (image (4, P, P, P) float32, labels (P, P, P) uint8)."""
+    """`length` random samples per epoch: a cut region, its labels and the augmentation to apply on
+    the training device (`__getitem__`); `patch_at` gives a sample as training sees it."""
 
     def __init__(self, pre_dir: Path, cases: list[str], patch: tuple[int, int, int], length: int,
                  foreground_fraction: float, augmentation: str, seed: int):
