@@ -64,10 +64,10 @@ class Settings:
     precision: str
 
 
-def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec,
-                 settings: Settings) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
-    """Label map (uint8) and region probabilities (R, ...) on the case's own grid, that grid's affine,
-    and its shape."""
+def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec, settings: Settings,
+                 with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
+    """Label map (uint8) and, when asked, region probabilities (R, ...) as uint8 on the case's own
+    grid; that grid's affine and shape."""
     raw = read_case(case_dir, with_seg=False)
     images, _, box, affine = prepare(raw)
     spacing = np.array(spacing_of(affine))
@@ -78,7 +78,8 @@ def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec,
                           settings.precision)
     labels = probs_to_labels(probs)
     shape = raw.images.shape[1:]
-    on_grid = np.stack([restore(p, box, shape, raw.affine) for p in (probs.numpy() * 255).round().astype(np.uint8)])
+    on_grid = np.stack([restore(p, box, shape, raw.affine) for p in (probs.numpy() * 255).round().astype(np.uint8)]) \
+        if with_probs else None
     return restore(labels, box, shape, raw.affine), on_grid, raw.affine, shape
 
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            labels, probs, affine, shape = predict_case(model, case_dir, spec, settings)
+            labels, probs, affine, shape = predict_case(model, case_dir, spec, settings, args.save_probabilities)
         except UserError as e:
             if args.fail_fast:
                 raise
