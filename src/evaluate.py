@@ -1,16 +1,20 @@
 """Stage `evaluate`, and a scorer for any folder of BraTS-format predictions.
 
-As the DVC stage (`python src/evaluate.py`): predict every test case with the trained weights and
-write `metrics/evaluate.json` (per-region means of IoU, Dice, HD95, lesion-wise Dice and HD95, for
-`dvc metrics show/diff`), `metrics/evaluate_cases.csv` (per case; `dvc plots`), overlay PNGs of a few
-cases under `metrics/overlays/`, and the test predictions in BraTS format under
-`paths.predictions_dir` (original grid and affine, ready for the scorer below).
+As the DVC stage (`python src/evaluate.py`): predict every test case with the trained weights, apply
+the post-processing the postprocess stage chose (`models/postprocessing.json`), and write
+`metrics/evaluate.json` (per-region means of IoU, Dice, HD95, lesion-wise Dice and HD95 of the
+post-processed masks, and under `no_postprocessing` the IoU and lesion-wise scores without it, for
+`dvc metrics show/diff`), `metrics/evaluate_cases.csv` (per case, with lesion counts; `dvc plots`),
+overlay PNGs of a few cases under `metrics/overlays/`, `MODEL_CARD.md`, and the test predictions in
+BraTS format under `paths.predictions_dir` (original grid and affine, post-processed: the masks
+src/predict.py writes for the same case).
 
 As a scorer:
     python src/evaluate.py --pred PRED_DIR --gt GT_DIR --out scores.json
 scores `<case>.nii.gz` predictions against `GT_DIR/<case>/<case>-seg.nii.gz` (or `GT_DIR/<case>-seg.nii.gz`)
 with the metrics of src/metrics.py, writes {"cases": {case: {region: {...}}}, "mean": {region: {...}}}
-and prints a table.
+and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
+challenge); `--only-predicted` scores the ground-truth cases that have one and lists the others.
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ from geometry import restore
 from inference import predict_probs, probs_to_labels
 from layout import load_manifest, load_split, open_case
 from metrics import case_scores, mean_scores
+import model_card
+import postprocessing
 from nifti import AFFINE_TOLERANCE_MM, labels_from_array, load_volume, write_nifti
 from params import Params, load_params
 from prepare import spacing_of
 from runtime import default_device, resolve_precision
-from weights import load_model
+from weights import load_model, read
 
 KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
+RAW_KEYS = ("iou", "lesionwise_dice", "lesionwise_hd95")     # reported without post-processing too
 OVERLAYS_DIR = "overlays"
 
 
@@ -61,19 +68,26 @@ def load_labels(path: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     return labels_from_array(data, f"{case}: {path.name}"), affine
 
 
-def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False) -> dict:
-    """Scores of every prediction in pred_dir; every ground-truth case must have one.
+def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, only_predicted: bool = False) -> dict:
+    """Scores of every prediction in pred_dir; every ground-truth case must have one unless
+    `only_predicted` (then the cases without one are listed under "unscored").
     `label_map_quirk`: legacy HD95 as the official code computes it (metrics.region_scores)."""
     if not pred_dir.is_dir() or not gt_dir.is_dir():
         raise UserError(f"--pred {pred_dir} and --gt {gt_dir} must both be folders")
     gt_cases = sorted({p.name.removesuffix("-seg.nii.gz") for p in gt_dir.rglob("*-seg.nii.gz")})
     if not gt_cases:
         raise UserError(f"no <case>-seg.nii.gz ground truth found under {gt_dir}")
+    missing = [c for c in gt_cases if not (pred_dir / f"{c}.nii.gz").exists()]
+    if missing and not only_predicted:
+        raise UserError(f"{missing[0]}: prediction {pred_dir / (missing[0] + '.nii.gz')} is missing "
+                        f"({len(missing)} of {len(gt_cases)} ground-truth cases have none); "
+                        "--only-predicted scores the cases that have one")
+    if len(missing) == len(gt_cases):
+        raise UserError(f"none of the {len(gt_cases)} ground-truth cases under {gt_dir} has a prediction "
+                        f"<case>.nii.gz in {pred_dir}")
     cases = {}
-    for case in tqdm(gt_cases, desc="score", unit="case"):
+    for case in tqdm([c for c in gt_cases if c not in missing], desc="score", unit="case"):
         pred_path = pred_dir / f"{case}.nii.gz"
-        if not pred_path.exists():
-            raise UserError(f"{case}: prediction {pred_path} is missing")
         pred, pred_affine = load_labels(pred_path, case)
         gt, gt_affine = load_labels(gt_file(gt_dir, case), case)
         if pred.shape != gt.shape:
@@ -82,7 +96,7 @@ def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False) -
             raise UserError(f"{case}: the prediction's affine differs from the ground truth's; write "
                             "predictions on the input's grid (src/predict.py does)")
         cases[case] = case_scores(pred, gt, spacing_of(gt_affine), label_map_quirk)
-    return {"cases": cases, "mean": mean_scores(list(cases.values()))}
+    return {"cases": cases, "mean": mean_scores(list(cases.values())), "unscored": missing}
 
 
 # --- DVC stage ------------------------------------------------------------------------------------
@@ -116,33 +130,41 @@ def evaluate(params: Params) -> dict:
     end with the metrics files, so a killed run leaves the previous set whole."""
     paths, ep = params.paths, params.evaluate
     device = default_device()
-    model, spec = load_model(paths.models_dir / "model.pt", device)
+    weights = paths.models_dir / "model.pt"
+    model, spec = load_model(weights, device)
+    pp = postprocessing.load(paths.models_dir / postprocessing.FILE, spec.regions)
     manifest = load_manifest(paths.preprocessed_dir)
     cases = load_split(paths.preprocessed_dir, "test")
     precision = resolve_precision("auto", device)
-    per_case = {}
+    per_case, raw_case = {}, {}
     with atomic_folder(paths.predictions_dir) as predictions, \
             atomic_folder(paths.metrics_dir / OVERLAYS_DIR) as overlays:
         for i, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
             stored_image, stored_gt = open_case(paths.preprocessed_dir, case)
             image, gt = stored_image.read(), stored_gt.read()
-            pred = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
-                                                 precision))
+            raw = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
+                                                precision))
             entry = manifest[case]
-            per_case[case] = case_scores(pred, gt, tuple(entry["spacing_mm"]))
+            spacing = tuple(entry["spacing_mm"])
+            pred = postprocessing.apply(raw, pp, spacing)
+            per_case[case] = case_scores(pred, gt, spacing)
+            raw_case[case] = per_case[case] if pred is raw else case_scores(raw, gt, spacing)
             original = restore(pred, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),
                                np.array(entry["original_affine"]))
             write_nifti(predictions / f"{case}.nii.gz", original, np.array(entry["original_affine"]))
             if i < ep.overlays:
                 overlay(overlays / f"{case}.png", image, gt, pred, case)
-        mean = mean_scores(list(per_case.values()))
+        mean, raw_mean = mean_scores(list(per_case.values())), mean_scores(list(raw_case.values()))
         metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
-        metrics["lesions"] = {r: {k: mean[r][k] for k in ("tp", "fp", "fn")} for r in REGIONS}
+        metrics["no_postprocessing"] = {key: {r: round(raw_mean[r][key], 4) for r in REGIONS} for key in RAW_KEYS}
         metrics["cases"] = len(cases)
+        columns = [*KEYS, "tp", "fp", "fn"]
         write_json(paths.metrics_dir / "evaluate.json", metrics)
-        write_csv(paths.metrics_dir / "evaluate_cases.csv", ["case"] + [f"{k}_{r}" for k in KEYS for r in REGIONS],
-                  ([case] + [round(s[r][k], 4) for k in KEYS for r in REGIONS] for case, s in per_case.items()))
-    print(table(mean))
+        write_csv(paths.metrics_dir / "evaluate_cases.csv", ["case"] + [f"{k}_{r}" for k in columns for r in REGIONS],
+                  ([case] + [round(s[r][k], 4) for k in columns for r in REGIONS] for case, s in per_case.items()))
+        model_card.write(paths.model_card, read(weights), pp, metrics, params)
+    print("without post-processing:\n" + table(raw_mean))
+    print("with post-processing (what predict writes):\n" + table(mean))
     return metrics
 
 
@@ -151,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions")
     ap.add_argument("--gt", type=Path, help="folder of case folders holding <case>-seg.nii.gz")
     ap.add_argument("--out", type=Path, help="scores JSON to write")
+    ap.add_argument("--only-predicted", action="store_true",
+                    help="score only the ground-truth cases that have a prediction (default: all must have one)")
     ap.add_argument("--leaderboard-hd95", action="store_true",
                     help="legacy HD95 exactly as the official code computes it, quirk included: the inside "
                          "of lesions numbered 2 or more counts as surface (README, scorer)")
@@ -159,9 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     if any(given) and not all(given):
         ap.error("--pred, --gt and --out go together")
     if all(given):
-        result = score_folders(args.pred, args.gt, args.leaderboard_hd95)
+        result = score_folders(args.pred, args.gt, args.leaderboard_hd95, args.only_predicted)
         write_json(args.out, result)
         print(table(result["mean"]))
+        if result["unscored"]:
+            print(f"{len(result['unscored'])} ground-truth case(s) without a prediction were not scored "
+                  f"(listed under \"unscored\" in {args.out})")
         return
     evaluate(load_params())
 

@@ -61,7 +61,8 @@ class FitState:
 
 
 # Params that cannot change the weights: a checkpoint stays resumable, a study stays the same study.
-NOT_IN_FINGERPRINT = ("train.workers", "train.mlflow", "train.wandb", "train.experiment")
+NOT_IN_FINGERPRINT = ("train.workers", "train.mlflow", "train.mlflow_log_model", "train.mlflow_model_name",
+                      "train.wandb", "train.experiment")
 
 
 def fingerprint(params: Params) -> str:

@@ -220,8 +220,9 @@ def lesion_maps(labels: np.ndarray, prediction: bool) -> dict[str, np.ndarray]:
 
 
 def lesionwise(pred_lesions: np.ndarray, gt_lesions: np.ndarray, region: str,
-               spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
-    """Rules 4-7 on two lesion maps of one region: lesion-wise Dice and HD95, lesion counts tp, fp, fn."""
+               spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), distances: bool = True) -> dict[str, float]:
+    """Rules 4-7 on two lesion maps of one region: lesion-wise Dice and HD95, lesion counts tp, fp, fn.
+    Without `distances` HD95 is not computed (NaN): the Dice and counts cost a fraction of it."""
     dil, smallest = LESION_DILATION[region], MIN_LESION_VOXELS[region]
     voxel_mm3 = float(np.prod(spacing))
     n_pred = int(pred_lesions.max(initial=0))
@@ -241,7 +242,7 @@ def lesionwise(pred_lesions: np.ndarray, gt_lesions: np.ndarray, region: str,
             matched = np.isin(pred_lesions, hits)
             full = gt_lesions == i
             dices.append(dice(matched, full))
-            hds.append(hd95(matched, full, spacing))
+            hds.append(hd95(matched, full, spacing) if distances else np.nan)
             tp += 1
         else:
             dices.append(0.0)
@@ -267,7 +268,7 @@ def lesion_scores(pred: np.ndarray, gt: np.ndarray, region: str,
 
 def region_scores(pred_labels: np.ndarray, gt_labels: np.ndarray,
                   spacing: tuple[float, float, float] | None = None,
-                  label_map_quirk: bool = False) -> dict[str, dict[str, float]]:
+                  label_map_quirk: bool = False, distances: bool = True) -> dict[str, dict[str, float]]:
     """{region: {"dice", "iou"[, "hd95", lesion-wise …]}} for every BraTS 2024 region.
 
     Without `spacing` (validation during training): voxel Dice and IoU of the label maps as they are.
@@ -275,7 +276,8 @@ def region_scores(pred_labels: np.ndarray, gt_labels: np.ndarray,
     lesions (rule 9) and the lesion-wise scores; `iou` stays the plain voxel IoU.
     `label_map_quirk` computes legacy HD95 on the numbered lesion maps, as the official code does
     (rule 11: the inside of every lesion numbered 2 or more counts as surface), to match the
-    leaderboard to the digit; off, it is computed on the masks, as the metric is defined."""
+    leaderboard to the digit; off, it is computed on the masks, as the metric is defined. Without
+    `distances`, HD95 and lesion-wise HD95 are NaN (for the post-processing search)."""
     if pred_labels.shape != gt_labels.shape:
         raise ValueError(f"prediction shape {pred_labels.shape} differs from ground truth {gt_labels.shape}")
     if spacing is None:
@@ -288,19 +290,19 @@ def region_scores(pred_labels: np.ndarray, gt_labels: np.ndarray,
         kept, g = pred_maps[region] > 0, gt_maps[region] > 0
         surfaces = (pred_maps[region], gt_maps[region]) if label_map_quirk else (kept, g)
         out[region] = {"dice": dice(kept, g), "iou": iou(region_mask(pred_labels, region), g),
-                       "hd95": hd95(*surfaces, spacing),
-                       **lesionwise(pred_maps[region], gt_maps[region], region, spacing)}
+                       "hd95": hd95(*surfaces, spacing) if distances else np.nan,
+                       **lesionwise(pred_maps[region], gt_maps[region], region, spacing, distances)}
     return out
 
 
 def case_scores(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing: tuple[float, float, float],
-                label_map_quirk: bool = False) -> dict[str, dict[str, float]]:
+                label_map_quirk: bool = False, distances: bool = True) -> dict[str, dict[str, float]]:
     """Every metric of one case (`region_scores` with distances), computed on the box around both
     label maps grown by the largest lesion dilation: the same result, much faster on a mostly empty grid."""
     box = bounding_box((pred_labels > 0) | (gt_labels > 0), margin=max(LESION_DILATION.values()) + 1)
     if box is not None:
         pred_labels, gt_labels = crop(pred_labels, box), crop(gt_labels, box)
-    return region_scores(pred_labels, gt_labels, spacing, label_map_quirk)
+    return region_scores(pred_labels, gt_labels, spacing, label_map_quirk, distances)
 
 
 def mean_scores(per_case: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:

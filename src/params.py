@@ -58,6 +58,8 @@ class PathsParams:
     models_dir: Path         # trained weights (DVC outputs)
     predictions_dir: Path    # the evaluate stage's test-set predictions, in BraTS format
     metrics_dir: Path
+    model_card: Path         # MODEL_CARD.md, written by evaluate
+    live_dir: Path           # DVCLive's folder: the train stage's curves and summary metrics
     tune_dir: Path           # the tune stage's best params, trials table and plots
     resume_dir: Path         # train's resume checkpoint: not a DVC output, deleted after a finished run
 
@@ -121,6 +123,8 @@ class TrainParams:
     val_overlap: float = _num(0.0, 1.0, hi_open=True)
     val_batch: int = _num(1, 256)
     mlflow: bool
+    mlflow_log_model: bool              # upload the network with mlflow.pytorch.log_model (and a signature)
+    mlflow_model_name: str              # "" = do not register; else the registered model's name
     wandb: Literal["offline", "online", "disabled"]
     experiment: str
 
@@ -141,6 +145,7 @@ class SearchRange:
 @dataclass(frozen=True)
 class TuneParams:
     trials: int = _num(0, 100000)       # 0 skips tuning
+    startup_trials: int = _num(1, 100000)  # random trials before TPE models the results
     epochs: int = _num(1, 100000)       # per trial
     pruner: Literal["median", "hyperband", "none"]
     storage: str                        # "" = SQLite at the repository root; a SQLAlchemy URL; journal:PATH
@@ -160,6 +165,14 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PostprocessParams:
+    """src/postprocess.py: the minimum component volumes (mm³) each rule may pick from; 0 = off."""
+    candidates_mm3: tuple[float, ...] = _num(0.0)
+    candidates_fraction: tuple[float, ...] = _num(0.0, 1.0)   # for WT_rel: of the largest WT component
+    min_gain: float = _num(0.0, 1.0)    # a rule is switched on only if it raises the score by more
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseParams
     paths: PathsParams
@@ -174,6 +187,7 @@ class Params:
     model: ModelParams
     tune: TuneParams
     train: TrainParams
+    postprocess: PostprocessParams
     evaluate: EvaluateParams
 
     def __post_init__(self) -> None:
@@ -183,6 +197,12 @@ class Params:
         if any(p % edge for p in self.train.patch):
             raise ParamsError(f"train.patch {list(self.train.patch)}: every edge must be a multiple of "
                               f"2^(model.depth - 1) = {edge}, so that the U-Net's levels line up")
+        if self.tune.trials > 1 and self.tune.startup_trials >= self.tune.trials:
+            raise ParamsError(f"tune.startup_trials ({self.tune.startup_trials}) must be below tune.trials "
+                              f"({self.tune.trials}): otherwise every trial is random and TPE never runs")
+        if self.train.mlflow_model_name and not self.train.mlflow_log_model:
+            raise ParamsError("train.mlflow_model_name needs train.mlflow_log_model: true (a model is "
+                              "registered from the logged one)")
         if self.preprocess.val_fraction + self.preprocess.test_fraction >= 1.0:
             raise ParamsError("preprocess.val_fraction + preprocess.test_fraction must be below 1 "
                               "so that some patients are left for training")
@@ -302,6 +322,10 @@ def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
             except ParamsError as e:
                 errors.append(str(e).removeprefix(f"{key}: "))
         raise ParamsError(f"{key}: {'; or '.join(errors)}")
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ParamsError(f"{key}: expected a non-empty list, got {value!r}")
+        return tuple(_convert(typing.get_args(tp)[0], v, f"{key}[{i}]", meta) for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -8,10 +8,14 @@ z-score, float16), segmented by sliding-window inference and written as `<output
 uint8 labels 0-4 on the input's own grid, with its shape and affine. The inference settings (overlap,
 window batch, 8-flip mirroring) are the evaluate stage's, read from params.yaml's `evaluate` section,
 so predict gives the masks the metrics describe; flags override them (`--no-mirror`: 8× faster).
+The post-processing the postprocess stage chose is applied too: `postprocessing.json` beside the
+weights (as `dvc pull` places it), or `--postprocessing FILE`; `--no-postprocessing` writes the
+network's masks as they are.
 
 A case whose output exists is skipped (`--overwrite` redoes it), so an interrupted run continues.
-`--save-probabilities` also writes `<case>.probs.npz`: the per-region probabilities on the input's
-grid as uint8 (probability = value / 255) with the region names and the affine. `predictions.json`
+`--save-probabilities` also writes `<case>.probs.npz`: the network's per-region probabilities (before
+post-processing) on the input's grid as uint8 (probability = value / 255) with the region names and
+the affine. `predictions.json`
 records the weights' SHA-256 and inference spec, the settings, the software versions and, per case,
 the input's shape and affine and the seconds it took. A bad case is reported and skipped
 (`--fail-fast` stops instead); the exit status is 1 if any case failed.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -39,6 +44,8 @@ from geometry import restore
 from inference import predict_probs, probs_to_labels
 from nifti import read_case, write_nifti
 from params import PARAMS_FILE, load_params
+import postprocessing
+from postprocessing import Postprocessing
 from prepare import Listing, find_cases, prepare, spacing_of
 from runtime import resolve_precision
 from weights import InferenceSpec, load_model
@@ -65,7 +72,7 @@ class Settings:
 
 
 def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec, settings: Settings,
-                 with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
+                 pp: Postprocessing, with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
     """Label map (uint8) and, when asked, region probabilities (R, ...) as uint8 on the case's own
     grid; that grid's affine and shape."""
     raw = read_case(case_dir, with_seg=False)
@@ -76,7 +83,7 @@ def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec, se
               f"{spec.spacing_mm} mm; resample the case to that grid for reliable results", file=sys.stderr)
     probs = predict_probs(model, images, spec.patch, settings.overlap, settings.batch, settings.mirror,
                           settings.precision)
-    labels = probs_to_labels(probs)
+    labels = postprocessing.apply(probs_to_labels(probs), pp, spacing_of(affine))
     shape = raw.images.shape[1:]
     on_grid = np.stack([restore(p, box, shape, raw.affine) for p in (probs.numpy() * 255).round().astype(np.uint8)]) \
         if with_probs else None
@@ -121,6 +128,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, help="windows per forward pass (default: evaluate.batch)")
     ap.add_argument("--mirror", action=argparse.BooleanOptionalAction,
                     help="average over the 8 axis flips, 8x slower (default: evaluate.mirror)")
+    ap.add_argument("--postprocessing", type=Path,
+                    help="post-processing file (default: postprocessing.json beside the weights)")
+    ap.add_argument("--no-postprocessing", action="store_true", help="write the network's masks unchanged")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                     help="auto: bf16 on CUDA, fp32 on CPU (as the evaluate stage)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +139,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first bad case")
     args = ap.parse_args(argv)
+    if args.postprocessing and args.no_postprocessing:
+        ap.error("--postprocessing and --no-postprocessing exclude each other")
     if args.overlap is not None and not 0 <= args.overlap < 1:
         ap.error(f"--overlap {args.overlap}: must be at least 0 and below 1")
     if args.batch is not None and args.batch < 1:
@@ -157,17 +169,42 @@ def settings_for(args: argparse.Namespace) -> Settings:
                     pick(args.mirror, evaluate.mirror), precision)
 
 
+def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...]) -> tuple[Postprocessing, str | None]:
+    """The post-processing to apply and the file it comes from (None: none applied)."""
+    if args.no_postprocessing:
+        return Postprocessing.none(), None
+    path = args.postprocessing or args.weights.parent / postprocessing.FILE
+    if args.postprocessing is None and not path.exists():
+        print(f"warning: no {path} beside the weights: masks are not post-processed, unlike the evaluate "
+              f"stage's (`dvc pull postprocess` fetches it; --no-postprocessing silences this)", file=sys.stderr)
+        return Postprocessing.none(), None
+    return postprocessing.load(path, regions), str(path)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before the first case, not after it, when the output folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to --output {folder} ({e.strerror or e}): choose a writable folder, "
+                        "fix its permissions or free space") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
     model, spec = load_model(args.weights, args.device)
+    pp, pp_file = postprocessing_for(args, spec.regions)
     listing = case_dirs(args.input)
     cases = listing.cases
     for name, reason in listing.ignored.items():
         print(f"ignored {args.input / name}: {reason}", file=sys.stderr)
     if listing.misnamed and args.fail_fast:
         raise UserError(next(iter(listing.misnamed.values())))
-    args.output.mkdir(parents=True, exist_ok=True)
+    check_writable(args.output)
     record_path = args.output / RECORD_FILE
     previous = read_json(record_path, "the record of an earlier run", "predict").get("cases", {}) \
         if record_path.exists() else {}
@@ -175,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                           "inference": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(spec).items()}},
               "settings": {**dataclasses.asdict(settings), "device": str(args.device),
-                           "probabilities": args.save_probabilities},
+                           "probabilities": args.save_probabilities,
+                           "postprocessing": {"file": pp_file, "min_mm3": pp.min_mm3}},
               "software": software(), "cases": {}, "failed": {}}
     failed = dict(listing.misnamed)
     for reason in failed.values():
@@ -191,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            labels, probs, affine, shape = predict_case(model, case_dir, spec, settings, args.save_probabilities)
+            labels, probs, affine, shape = predict_case(model, case_dir, spec, settings, pp, args.save_probabilities)
         except UserError as e:
             if args.fail_fast:
                 raise

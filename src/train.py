@@ -5,8 +5,13 @@
 
 Adam (top-level `lr`, `weight_decay`, `beta1`, `beta2`), the loss and schedule from params, random
 patches with foreground oversampling and augmentation, sliding-window validation on the val split every
-`train.val_every` epochs. Writes the best and last weights (`models/model.pt`, `models/last.pt`),
-`metrics/train.json` and the per-epoch history `metrics/train_history.csv` (`dvc plots`).
+`train.val_every` epochs. Writes the best and last weights (`models/model.pt`, `models/last.pt`) and
+logs with DVCLive into `paths.live_dir` (`dvclive/`): per-epoch loss and learning rate, validation
+scores at the epochs that validate (one row each, so curves have no gaps filled with zeros), the
+resolved optimizer values (`params.yaml`) and, at the end, the best epoch and its validation scores
+(`metrics.json`). The files are rewritten after every epoch, so `dvc plots show`, `dvc exp show` and
+the VS Code extension follow a run while it trains. Only what the model and data determine goes
+there; timing goes to the console, MLflow and W&B.
 
 A resume checkpoint is written atomically after every epoch under `paths.resume_dir`; running the
 stage again after a kill resumes from it when params and data are unchanged, and it is deleted once
@@ -27,13 +32,13 @@ import torch.distributed as dist
 
 from brats import REGIONS
 from errors import UserError, run_stage
-from files import write_csv, write_json
 from fit import FitState, TrainingDiverged, build, fingerprint, fit
 from layout import load_manifest, load_split
-from params import Params, flat_params, load_params, resolve_tuned
+from params import OPTIMIZER_KEYS, ROOT, Params, flat_params, load_params, resolve_tuned
 from runtime import setup_runtime
-from tracking import Tracker
-from weights import current_spec, save, weights_payload
+from model import UNet3D
+from tracking import Tracker, git_commit
+from weights import current_spec, provenance, save, weights_payload
 
 WEIGHTS_FILE = "model.pt"     # best weights by validation mean IoU
 LAST_FILE = "last.pt"
@@ -83,20 +88,43 @@ def training_spacing(params: Params, cases: list[str]) -> tuple[float, float, fl
     return tuple(float(v) for v in np.median([manifest[c]["spacing_mm"] for c in cases], axis=0))
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    """One row per epoch; validation columns stay empty in epochs without validation."""
-    columns = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    write_csv(path, columns, ([row.get(k, "") for k in columns] for row in history))
+# What DVCLive plots per epoch: the loss and lr, and these validation scores where validation ran.
+LIVE_VAL = tuple(f"val_iou_{r}" for r in REGIONS) + ("val_mean_iou", "val_mean_dice")
+
+
+class LiveLog:
+    """DVCLive's files for one training run (`paths.live_dir`), x = epoch. A resumed run replays the
+    checkpoint's history first, so the curves hold every epoch whether DVC kept the folder or not."""
+
+    def __init__(self, folder: Path, params: Params, history: list[dict]):
+        from dvclive import Live
+        self.live = Live(str(folder), resume=False, save_dvc_exp=False, dvcyaml=False, report=None)
+        self.live.log_params({k: getattr(params, k) for k in OPTIMIZER_KEYS})
+        for row in history:
+            self.epoch(row)
+
+    def epoch(self, row: dict) -> None:
+        self.live.step = row["epoch"]
+        for key in ("loss", "lr", *LIVE_VAL):
+            if key in row:
+                name = f"val/{key.removeprefix('val_')}" if key.startswith("val_") else f"train/{key}"
+                self.live.log_metric(name, row[key])
+        self.live.make_summary()
+
+    def finish(self, metrics: dict) -> None:
+        """The summary `dvc metrics` reads: the final epoch, its loss, the best epoch and its scores."""
+        self.live.summary = {**metrics, "step": metrics["epochs"]}
+        self.live.make_summary()
 
 
 def train(params: Params) -> dict:
     """Train as params say, resuming from a checkpoint of the same inputs; write the stage's outputs
-    and return the metrics written to metrics/train.json."""
+    and return the summary written to DVCLive's metrics.json."""
     params = resolve_tuned(params)
     tp, paths = params.train, params.paths
     rt = setup_runtime(tp.precision, tp.deterministic)
     if rt.main:
-        check_writable(paths.models_dir, paths.metrics_dir, paths.resume_dir)
+        check_writable(paths.models_dir, paths.live_dir, paths.resume_dir)
     train_cases = load_split(paths.preprocessed_dir, "train")
     val_cases = load_split(paths.preprocessed_dir, "val")
     spacing = training_spacing(params, train_cases)
@@ -115,8 +143,9 @@ def train(params: Params) -> dict:
         if rt.main:
             print(f"resuming from {resume_path} after epoch {state.epoch}", file=sys.stderr)
 
-    tracker = Tracker(f"train-lr{params.lr:g}", tp.experiment, flat_params(params), tp.mlflow, tp.wandb) \
-        if rt.main else None
+    tracker = Tracker(f"train-lr{params.lr:g}", tp.experiment, flat_params(params), tp.mlflow, tp.wandb,
+                      resume=saved.get("tracking") if saved else None) if rt.main else None
+    live = LiveLog(paths.live_dir, params, state.history) if rt.main else None
 
     def on_epoch(state: FitState, row: dict) -> None:
         if not rt.main:
@@ -124,13 +153,14 @@ def train(params: Params) -> dict:
         print(f"epoch {row['epoch']}/{tp.epochs}: " +
               ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and
                         (not k.startswith("val_") or k in ("val_mean_iou", "val_iou_WT"))), file=sys.stderr)
+        live.epoch(row)
         if tracker:
             tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         save_checkpoint(resume_path, {
             "fingerprint": key, "epoch": state.epoch, "model": parts.model.state_dict(),
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
             "scaler": parts.scaler.state_dict(), "history": state.history, "best": state.best,
-            "best_state": state.best_state})
+            "best_state": state.best_state, "tracking": tracker.run_ids() if tracker else {}})
 
     started, first_epoch = time.time(), state.epoch
     ok = False
@@ -141,14 +171,17 @@ def train(params: Params) -> dict:
             raise TrainingDiverged(f"{e}; the last good state is kept in {resume_path}") from None
         elapsed = time.time() - started
         seen = (state.epoch - first_epoch) * tp.iterations_per_epoch * tp.batch_size * rt.world
-        metrics = {"epochs": tp.epochs, "best_epoch": state.best["epoch"], "train_seconds": round(elapsed, 1),
-                   "patches_per_s": round(seen / elapsed, 2) if seen else None,
-                   "final_loss": state.history[-1]["loss"],
-                   "best": {k.removeprefix("val_"): v for k, v in state.best.items() if k.startswith("val_")},
-                   "lr": params.lr, "weight_decay": params.weight_decay, "beta1": params.beta1,
-                   "beta2": params.beta2}
+        timing = {"train_seconds": round(elapsed, 1), "patches_per_s": round(seen / elapsed, 2) if seen else 0.0}
+        best = {k.removeprefix("val_"): v for k, v in state.best.items() if k.startswith("val_")}
+        metrics = {"epochs": tp.epochs, "best_epoch": state.best["epoch"], "final_loss": state.history[-1]["loss"],
+                   "best": {k: best[k] for k in (*(f"iou_{r}" for r in REGIONS), "mean_iou", "mean_dice")
+                            if k in best}}
         if rt.main:
-            finish(params, parts.model, state, metrics, spacing, tracker)
+            finish(params, parts.model, state, metrics, spacing, tracker, live)
+            if tracker:
+                tracker.log(timing, step=tp.epochs)
+            print(f"trained {state.epoch - first_epoch} epoch(s) in {timing['train_seconds']:.0f} s, "
+                  f"{timing['patches_per_s']:.1f} patches/s", file=sys.stderr)
             resume_path.unlink(missing_ok=True)
         ok = True
         return metrics
@@ -158,20 +191,23 @@ def train(params: Params) -> dict:
 
 
 def finish(params: Params, model: torch.nn.Module, state: FitState, metrics: dict,
-           spacing: tuple[float, float, float], tracker: Tracker | None) -> None:
-    """Write the stage's outputs: best and last weights, metrics JSON, history CSV."""
-    paths = params.paths
-    spec, record = current_spec(params.train.patch, spacing), flat_params(params)
-    last = weights_payload(model.state_dict(), params.model, spec, record, state.history[-1]["epoch"], {})
-    chosen = weights_payload(state.best_state, params.model, spec, record, state.best["epoch"], metrics["best"]) \
-        if state.best_state else last
+           spacing: tuple[float, float, float], tracker: Tracker | None, live: LiveLog) -> None:
+    """Write the stage's outputs: best and last weights, DVCLive's summary; the trackers' last logs."""
+    paths, tp = params.paths, params.train
+    spec, record = current_spec(tp.patch, spacing), flat_params(params)
+    origin = provenance(paths.preprocessed_dir, ROOT, git_commit(ROOT))
+    last = weights_payload(model.state_dict(), params.model, spec, record, state.history[-1]["epoch"], {}, origin)
+    chosen = weights_payload(state.best_state, params.model, spec, record, state.best["epoch"], state.best,
+                             origin) if state.best_state else last
     save(paths.models_dir / WEIGHTS_FILE, chosen)
     save(paths.models_dir / LAST_FILE, last)
-    write_json(paths.metrics_dir / "train.json", metrics)
-    write_history(paths.metrics_dir / "train_history.csv", state.history)
+    live.finish(metrics)
     if tracker:
         tracker.log({f"best_{k}": v for k, v in metrics["best"].items()}, step=metrics["epochs"])
-        tracker.log_file(paths.models_dir / WEIGHTS_FILE)
+        if tp.mlflow_log_model:
+            best = UNet3D(params.model)
+            best.load_state_dict(chosen["state_dict"])
+            tracker.log_model(best.eval(), tp.patch, tp.mlflow_model_name)
 
 
 def main() -> None:

@@ -3,7 +3,10 @@
 Each trial is a short run of the training loop the train stage uses (`fit.fit`, `tune.epochs`
 epochs, validated every epoch) and is scored by the validation mean IoU over the six BraTS regions, reported
 each epoch so that the pruner (median or Hyperband) stops weak trials early. The sampler is TPE seeded
-by `base.seed`.
+by `base.seed`: its first `tune.startup_trials` trials are random, the rest are proposed by TPE's
+model of the finished ones (Optuna's default of 10 start-up trials would make a 4-trial study random
+search). The sampler is not part of the study's identity: the finished trials are real trainings,
+valid whichever sampler proposed them, so changing `startup_trials` continues the study.
 
 The study lives in a database: by default SQLite at the repository root (`optuna.db`, resolved like
 MLflow's store, so queued `dvc exp run --queue` experiments share it), or any SQLAlchemy URL, or
@@ -12,8 +15,12 @@ so an interrupted tune resumes without repeating finished trials, and a changed 
 study. Several processes or machines can work on one study: run `python src/tune.py` in each, with
 `tune.storage` pointing at one shared database; together they stop at `tune.trials` finished trials.
 
-Writes `tune/best_params.json` (read by train where params.yaml says `tuned`), `tune/trials.csv`,
-`tune/history.png` and `tune/importance.png`; each trial is a nested MLflow run under a `tune` run.
+Writes `tune/best_params.json` (read by train where params.yaml says `tuned`), `tune/trials.csv` (no
+durations, so a rerun writes the same bytes; they go to the console and MLflow), and under
+`tune/plots/` the optimisation history and, once `IMPORTANCE_MIN_TRIALS` trials have completed, the
+parameter importances (fANOVA on fewer trials than twice the number of parameters is noise). Each
+trial is a nested MLflow run under a `tune` run. `optuna-dashboard sqlite:///optuna.db` shows the
+study live (README).
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ import dataclasses
 import hashlib
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import optuna
 
 from errors import UserError, run_stage
-from files import write_json, write_text
+from files import atomic_folder, write_json, write_text
 from fit import FitState, build, fingerprint, fit
 from layout import load_split
 from params import BEST_PARAMS_FILE, OPTIMIZER_KEYS, Params, load_params
@@ -36,6 +44,7 @@ from runtime import setup_runtime
 from tracking import Tracker, tracking_root
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+IMPORTANCE_MIN_TRIALS = 2 * len(OPTIMIZER_KEYS)   # completed trials before importances are plotted
 
 
 def storage_for(params: Params) -> optuna.storages.BaseStorage:
@@ -106,6 +115,7 @@ def objective(params: Params, trial: optuna.Trial) -> float:
             raise optuna.TrialPruned(f"epoch {epoch}: val mean IoU {score:.4f}")
 
     ok = False
+    started = time.time()
     try:
         state = run_trial(trial_params(params, values), on_epoch)
         ok = True
@@ -113,7 +123,10 @@ def objective(params: Params, trial: optuna.Trial) -> float:
         ok = True
         raise
     finally:
+        seconds = time.time() - started
+        tracker.log({"trial_seconds": seconds}, step=params.tune.epochs)
         tracker.finish(ok)
+        print(f"trial {trial.number}: {seconds:.0f} s", file=sys.stderr)
     return state.best["val_mean_iou"]
 
 
@@ -127,30 +140,32 @@ def write_outputs(study: optuna.Study, params: Params) -> dict:
               "best": dict(best.params) if best else {}, "best_value": best.value if best else None,
               "best_trial": best.number if best else None}
     write_json(out_dir / BEST_PARAMS_FILE, result)
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration")) \
-        if study.trials else None
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "params")) if study.trials else None
     write_text(out_dir / "trials.csv", frame.to_csv(index=False) if frame is not None else "number,value,state\n")
     write_plots(study, out_dir)
     return result
 
 
 def write_plots(study: optuna.Study, out_dir: Path) -> None:
-    """Optimisation history and parameter importances; a note in the figure where there is too little."""
+    """`history.png` always; `importance.png` once IMPORTANCE_MIN_TRIALS trials have completed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ov
-    for name, plot in (("history", ov.plot_optimization_history), ("importance", ov.plot_param_importances)):
-        try:
-            ax = plot(study)
-            fig = ax.figure
-        except Exception as e:  # importances need at least two finished trials
-            fig, ax = plt.subplots(figsize=(6, 3))
-            ax.text(0.5, 0.5, f"{name}: not enough finished trials\n({type(e).__name__})", ha="center",
-                    va="center")
-            ax.axis("off")
-        fig.savefig(out_dir / f"{name}.png", dpi=80, bbox_inches="tight")
-        plt.close(fig)
+    with atomic_folder(out_dir / "plots") as folder:
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        plots = [("history", ov.plot_optimization_history)]
+        if complete >= IMPORTANCE_MIN_TRIALS:
+            plots.append(("importance", ov.plot_param_importances))
+        for name, plot in plots:
+            if complete:
+                fig = plot(study).figure
+            else:
+                fig, ax = plt.subplots(figsize=(6, 3))
+                ax.text(0.5, 0.5, "no completed trial", ha="center", va="center")
+                ax.axis("off")
+            fig.savefig(folder / f"{name}.png", dpi=80, bbox_inches="tight", metadata={"Software": None})
+            plt.close(fig)
 
 
 def tune(params: Params) -> dict:
@@ -160,7 +175,8 @@ def tune(params: Params) -> dict:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = storage_for(params)
     study = optuna.create_study(study_name=study_name(params), storage=storage, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=params.base.seed),
+                                sampler=optuna.samplers.TPESampler(seed=params.base.seed,
+                                                                   n_startup_trials=tp.startup_trials),
                                 pruner=make_pruner(tp.pruner), load_if_exists=True)
     done = sum(t.state in FINISHED for t in study.trials)
     if done:

@@ -9,15 +9,20 @@
                 modalities (input channels), spacing_mm (training data), edition (label table)
     params      the training params, flattened (`train.patch`, `lr`, ...): a record, read by nothing
     epoch, val  the epoch these weights are from, and its validation scores
+    provenance  where they come from (`provenance()`): the training data's hash as dvc.lock records
+                it, the project's git commit, and the versions of Python, PyTorch and NumPy
 """
 
 from __future__ import annotations
 
 import dataclasses
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 from brats import EDITION, MODALITIES, MODEL_REGIONS
 from errors import UserError
@@ -25,7 +30,7 @@ from files import atomic_write
 from model import UNet3D
 from params import ModelParams
 
-WEIGHTS_FORMAT = 2
+WEIGHTS_FORMAT = 3      # 3 added `provenance`
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,37 @@ def current_spec(patch: tuple[int, int, int], spacing_mm: tuple[float, float, fl
     return InferenceSpec(tuple(patch), MODEL_REGIONS, MODALITIES, tuple(spacing_mm), EDITION)
 
 
+def data_hash(data_dir: Path, root: Path) -> str | None:
+    """The hash dvc.lock (at `root`) records for the output folder `data_dir`; None outside DVC."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+        for stage in lock.get("stages", {}).values():
+            for out in stage.get("outs", []):
+                if (root / out["path"]).resolve() == Path(data_dir).resolve():
+                    return out.get("md5")
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        pass
+    return None
+
+
+def provenance(data_dir: Path, root: Path, commit: str) -> dict:
+    """What a weights file records of its origin (see the module docstring)."""
+    try:
+        path = str(Path(data_dir).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        path = str(data_dir)
+    return {"training_data": {"path": path, "md5": data_hash(data_dir, root)}, "commit": commit,
+            "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                         "numpy": str(np.__version__)}}
+
+
 def weights_payload(state_dict: dict, model: ModelParams, spec: InferenceSpec, params: dict, epoch: int,
-                    val: dict) -> dict:
+                    val: dict, origin: dict) -> dict:
     """The dict a weights file holds (tensors moved to the CPU)."""
     as_lists = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
     return {"format": WEIGHTS_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
             "model": dataclasses.asdict(model), "inference": as_lists, "params": params, "epoch": epoch,
-            "val": val}
+            "val": val, "provenance": origin}
 
 
 def save(path: Path, payload: dict) -> None:
@@ -56,8 +85,8 @@ def save(path: Path, payload: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[UNet3D, InferenceSpec]:
-    """The network of a weights file, in eval mode on `device`, and what inference needs to run it."""
+def read(path: Path) -> dict:
+    """The checked contents of a weights file (tensors on the CPU)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"weights file {path} not found: run `dvc repro train`, or `dvc pull {path}` "
@@ -65,13 +94,23 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[UNet3D, 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated download, a file of another project
-        raise UserError(f"weights file {path} cannot be loaded ({type(e).__name__}: {e}); "
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"weights file {path} cannot be loaded ({type(e).__name__}: {first}); "
                         "fetch it again with `dvc pull` or retrain") from None
-    if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT or "inference" not in saved:
+    if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT or "inference" not in saved \
+            or "provenance" not in saved:
         found = saved.get("format", "none") if isinstance(saved, dict) else "none"
         raise UserError(f"weights file {path} is not of format {WEIGHTS_FORMAT} (found format {found}: "
-                        "written by an older version of this project, or by another one); retrain with "
-                        "`dvc repro train`, or `dvc pull` the weights that match this commit")
+                        "written by an older version of this project, without the provenance fields, or by "
+                        "another project); retrain with `dvc repro train`, or `dvc pull` the weights that "
+                        "match this commit")
+    return saved
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[UNet3D, InferenceSpec]:
+    """The network of a weights file, in eval mode on `device`, and what inference needs to run it."""
+    path = Path(path)
+    saved = read(path)
     try:
         info = saved["inference"]
         spec = InferenceSpec(tuple(info["patch"]), tuple(info["regions"]), tuple(info["modalities"]),

@@ -65,6 +65,7 @@ def tiny_params(tiny_data, tmp_path):
         paths = {"paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed"),
                  "paths.models_dir": str(tmp_path / "models"), "paths.metrics_dir": str(tmp_path / "metrics"),
                  "paths.resume_dir": str(tmp_path / "checkpoints"),
-                 "paths.predictions_dir": str(tmp_path / "predictions"), "paths.tune_dir": str(tmp_path / "tune")}
+                 "paths.predictions_dir": str(tmp_path / "predictions"), "paths.tune_dir": str(tmp_path / "tune"),
+                 "paths.live_dir": str(tmp_path / "dvclive"), "paths.model_card": str(tmp_path / "MODEL_CARD.md")}
         return load_params(tiny_data / "params.yaml", {**ADAM, **paths, **dotted(overrides)})
     return build

@@ -26,7 +26,7 @@ TINY = {
     "synthesize.spacing_mm": SMALL_SPACING, "synthesize.workers": 1,
     "preprocess.workers": 1, "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25,
     "model.base_width": 4, "model.max_width": 16, "model.depth": 3, "model.deep_supervision": True,
-    "tune.trials": 2, "tune.epochs": 1,
+    "tune.trials": 2, "tune.startup_trials": 1, "tune.epochs": 1,
     "train.epochs": 2, "train.iterations_per_epoch": 2, "train.batch_size": 2, "train.patch": [16, 16, 16],
     "train.workers": 0, "train.val_every": 1, "train.val_batch": 4, "train.mlflow": False,
     "train.wandb": "disabled", "train.deterministic": True,

@@ -117,8 +117,10 @@ def test_repro_outputs_and_push(origin, s3):
     assert set(metrics["iou"]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}
     assert (origin / "models" / "model.pt").stat().st_size > 0
     best = json.loads((origin / "tune" / "best_params.json").read_text())
-    trained = json.loads((origin / "metrics" / "train.json").read_text())
+    trained = yaml.safe_load((origin / "dvclive" / "params.yaml").read_text())
     assert trained["lr"] == best["best"]["lr"]                     # tuned value reached training
+    assert json.loads((origin / "dvclive" / "metrics.json").read_text())["step"] == TINY["train.epochs"]
+    assert "## Metrics" in (origin / "MODEL_CARD.md").read_text()
     import boto3
     listed = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing").list_objects_v2(Bucket=BUCKET, Prefix="dvc/")
@@ -130,19 +132,64 @@ def test_fresh_clone_pulls_everything_and_has_nothing_to_do(origin, s3, env, tmp
     sh(["dvc", "pull"], repo, env)
     folders = ("data/synthetic", "data/preprocessed", "models", "data/predictions")
     assert md5s(repo, *folders) == md5s(origin, *folders)
+    assert (repo / "models" / "postprocessing.json").exists()
     assert "up to date" in sh(["dvc", "status"], repo, env).stdout
     assert "Running stage" not in sh(["dvc", "repro"], repo, env).stdout
 
 
 def test_pulling_only_the_weights_and_predicting(origin, s3, env, tmp_path):
     repo = clone(origin, tmp_path / "c", env, s3)
-    sh(["dvc", "pull", "models/model.pt"], repo, env)
-    assert (repo / "models" / "model.pt").exists()
+    sh(["dvc", "pull", "train", "postprocess"], repo, env)       # the README's new-machine recipe
+    assert (repo / "models" / "model.pt").exists() and (repo / "models" / "postprocessing.json").exists()
     assert not (repo / "data" / "synthetic").exists() and not (repo / "data" / "preprocessed").exists()
-    case = sorted((origin / "data" / "synthetic").iterdir())[0]
+    test_case = json.loads((origin / "data" / "preprocessed" / "splits.json").read_text())["test"][0]
+    case = origin / "data" / "synthetic" / test_case
     done = sh([sys.executable, "src/predict.py", "--weights", "models/model.pt", "--input", str(case),
                "--output", str(tmp_path / "pred")], repo, env)
-    assert (tmp_path / "pred" / f"{case.name}.nii.gz").exists(), done.stderr
+    ours = (tmp_path / "pred" / f"{case.name}.nii.gz")
+    assert ours.exists() and "not post-processed" not in done.stderr, done.stderr
+    import nibabel as nib
+    import numpy as np
+    stage = nib.load(origin / "data" / "predictions" / f"{case.name}.nii.gz")   # what evaluate scored
+    assert np.array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(stage.dataobj))
+
+
+def test_deterministic_reruns_change_no_metric_and_no_lock(origin, s3, env, tmp_path):
+    repo = clone(origin, tmp_path / "rerun", env, s3)
+    sh(["dvc", "pull"], repo, env)
+    locks = []
+    for _ in range(2):
+        sh(["dvc", "repro", "--force", "--single-item", "train"], repo, env)
+        sh(["dvc", "repro"], repo, env)
+        assert json.loads(sh(["dvc", "metrics", "diff", "--json"], repo, env).stdout or "{}") == {}
+        locks.append((repo / "dvc.lock").read_text())
+    assert locks[0] == locks[1]
+    assert "Running stage" not in sh(["dvc", "repro"], repo, env).stdout
+
+
+def test_model_registry_round_trip(origin, s3, env, tmp_path):
+    """Register a version, assign a stage, then fetch the exact weights by either from an empty folder
+    (the repository is a bare clone with no DVC cache, so the bytes come from the S3 remote)."""
+    repo = clone(origin, tmp_path / "registry", env, s3)
+    sh(["gto", "register", "brats-unet", "--version", "v0.1.0"], repo, env)
+    sh(["gto", "assign", "brats-unet", "--version", "v0.1.0", "--stage", "prod"], repo, env)
+    shown = sh(["gto", "show", "--json"], repo, env).stdout
+    assert "v0.1.0" in shown and "prod" in shown
+    bare = tmp_path / "registry.git"
+    sh(["git", "clone", "-q", "--bare", str(repo), str(bare)], tmp_path, env)
+    empty = tmp_path / "new-machine"
+    empty.mkdir()
+    remote = ["--remote", "s3", "--remote-config", f"endpointurl={s3.url}", f"url=s3://{BUCKET}/dvc"]
+    sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--rev", "v0.1.0", "-o", "by-version.pt", *remote],
+       empty, env)
+    sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--stage", "prod", "-o", "by-stage.pt", *remote],
+       empty, env)
+    weights = (origin / "models" / "model.pt").read_bytes()
+    assert (empty / "by-version.pt").read_bytes() == weights and (empty / "by-stage.pt").read_bytes() == weights
+    failed = sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--rev", "v9.9.9", "-o", "none.pt", *remote],
+                empty, env, ok=False)
+    assert failed.returncode != 0 and "Unable to find artifact 'brats-unet @ v9.9.9'" in failed.stderr
+    assert not (empty / "none.pt").exists()
 
 
 def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
@@ -150,13 +197,26 @@ def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
     sh(["dvc", "pull"], repo, env)
     sh(["dvc", "exp", "run", "-S", "lr=1e-5"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] in (1e-5, "1e-05")
-    assert json.loads((repo / "metrics" / "train.json").read_text())["lr"] == 1e-5
+    assert yaml.safe_load((repo / "dvclive" / "params.yaml").read_text())["lr"] == 1e-5
     diff = sh(["dvc", "metrics", "diff", "--json"], repo, env).stdout
     changed = json.loads(diff)["metrics/evaluate.json"]
     assert "iou.WT" in changed and "old" in changed["iou.WT"]
     show = sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
     header = show.splitlines()[0]
     assert "lr" in header and "iou.WT" in header and "1e-05" in show
+    # the README's narrow table: the compared columns, within 120 columns on a wide terminal
+    table = sh([*readme_exp_show(), "--no-pager"], repo, {**env, "COLUMNS": "400"}).stdout
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 120, table
+    for column in ("Experiment", "lr", "best_epoch", "iou.WT", "iou.ET", "lesionwise_dice.WT", "1e-05"):
+        assert column in table, (column, table)
+
+
+def readme_exp_show() -> list[str]:
+    import re
+    import shlex
+    line = re.search(r"^dvc exp show --drop .*$", (ROOT / "README.md").read_text(), re.M)
+    assert line, "the README lost its narrow `dvc exp show` command"
+    return shlex.split(line.group(0).split("  #")[0])
 
 
 def test_queued_experiments_finish_and_log_to_the_repository_store(origin, s3, env, tmp_path):

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 import evaluate
+import postprocess
+import postprocessing
 import train
 from errors import UserError
+from postprocessing import Postprocessing
 from nifti import CaseError, write_nifti
 
 CASE = "BraTS-GLI-00001-100"
@@ -66,8 +69,22 @@ def test_seg_files_directly_in_the_gt_folder(tmp_path, capsys):
 
 def test_missing_prediction(tmp_path):
     pred_dir, gt_dir = folders(tmp_path, cube(2), None)
-    with pytest.raises(UserError, match=rf"{CASE}: prediction .*{CASE}\.nii\.gz is missing"):
+    with pytest.raises(UserError, match=rf"{CASE}: prediction .*{CASE}\.nii\.gz is missing.*--only-predicted"):
         evaluate.score_folders(pred_dir, gt_dir)
+    with pytest.raises(UserError, match="none of the 1 ground-truth cases"):
+        evaluate.score_folders(pred_dir, gt_dir, only_predicted=True)
+
+
+def test_only_predicted_scores_a_subset_and_lists_the_rest(tmp_path, capsys):
+    pred_dir, gt_dir = folders(tmp_path, cube(2), cube(2))
+    other = "BraTS-GLI-00002-100"
+    folders(tmp_path, cube(3), None, case=other)
+    out = tmp_path / "s.json"
+    evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out), "--only-predicted"])
+    result = json.loads(out.read_text())
+    assert list(result["cases"]) == [CASE] and result["unscored"] == [other]
+    assert result["mean"]["WT"]["iou"] == 1.0
+    assert "1 ground-truth case(s) without a prediction were not scored" in capsys.readouterr().out
 
 
 def test_shape_mismatch(tmp_path):
@@ -96,11 +113,21 @@ def test_flags_go_together(tmp_path):
 def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
     params = tiny_params()
     train.train(params)
+    postprocess.postprocess(params)
+    pp_file = params.paths.models_dir / postprocessing.FILE
+    assert json.loads(pp_file.read_text())["validation"]["tried"]
+    # a post-processing that surely changes these masks: every ET becomes NETC
+    postprocessing.save(pp_file, Postprocessing({**Postprocessing.none().min_mm3, "ET": 1e9}), {})
     metrics = evaluate.evaluate(params)
     written = json.loads((params.paths.metrics_dir / "evaluate.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     for key in ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95"):
         assert set(written[key]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}
+    assert set(written["no_postprocessing"]) == {"iou", "lesionwise_dice", "lesionwise_hd95"}
+    assert written["no_postprocessing"]["iou"]["WT"] == written["iou"]["WT"]     # ET -> NETC keeps WT
+    card = params.paths.model_card.read_text()
+    assert "Not for diagnosis" in card and "ET 1e+09 mm³" in card and "Apache-2.0" in card
+    assert f"| WT | {written['iou']['WT']:.3f} |" in card and "t1n, t1c, t2w, t2f" in card
     test_cases = json.loads((tiny_data / "data" / "preprocessed" / "splits.json").read_text())["test"]
     rows = list(csv.DictReader(open(params.paths.metrics_dir / "evaluate_cases.csv")))
     assert [r["case"] for r in rows] == test_cases and written["cases"] == len(test_cases)
@@ -111,7 +138,7 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
         pred = nib.load(params.paths.predictions_dir / f"{case}.nii.gz")
         source = nib.load(tiny_data / "data" / "synthetic" / case / f"{case}-t1n.nii.gz")
         assert pred.shape == source.shape and np.allclose(pred.affine, source.affine)
-        assert pred.get_data_dtype() == np.uint8
+        assert pred.get_data_dtype() == np.uint8 and 3 not in np.asanyarray(pred.dataobj)   # post-processed
     # the stage's per-case IoU agrees with the scorer run on those files
     gt_dir = tmp_path / "gt"
     for case in test_cases:
@@ -148,6 +175,7 @@ def test_leaderboard_hd95_flag_reaches_the_scores(tmp_path):
 def test_killed_evaluate_leaves_the_previous_set_whole(tiny_params, monkeypatch):
     params = tiny_params()
     train.train(params)
+    postprocessing.save(params.paths.models_dir / postprocessing.FILE, Postprocessing.none(), {})
     evaluate.evaluate(params)
     out = [params.paths.predictions_dir, params.paths.metrics_dir]
     before = {p: p.read_bytes() for d in out for p in sorted(d.rglob("*")) if p.is_file()}

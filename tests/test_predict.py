@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+import postprocessing
 import predict
 from errors import UserError
+from postprocessing import Postprocessing
 from helpers import write_case
 from model import UNet3D
 from params import ModelParams
-from weights import current_spec, save, weights_payload
+from weights import current_spec, provenance, save, weights_payload
+
+ORIGIN = {"training_data": {"path": "data/preprocessed", "md5": None}, "commit": "test", "versions": {}}
 
 
 @pytest.fixture
@@ -22,7 +26,7 @@ def weights(tmp_path) -> str:
     config = ModelParams(base_width=4, max_width=8, depth=3, norm="instance", deep_supervision=False)
     path = tmp_path / "model.pt"
     save(path, weights_payload(UNet3D(config).state_dict(), config, current_spec((48, 48, 48), (1.0, 1.0, 1.0)),
-                               {}, epoch=1, val={}))
+                               {}, epoch=1, val={}, origin=ORIGIN))
     return str(path)
 
 
@@ -138,12 +142,18 @@ def test_weights_of_an_older_format_or_other_regions_are_refused(tmp_path):
     old = tmp_path / "old.pt"                      # the format before the inference section existed
     torch.save({"state_dict": UNet3D(config).state_dict(), "model": config.__dict__,
                 "params": {"train.patch": [48, 48, 48]}, "epoch": 1, "val": {}}, old)
-    with pytest.raises(UserError, match=r"old\.pt is not of format 2 \(found format none.*retrain"):
+    with pytest.raises(UserError, match=r"old\.pt is not of format 3 \(found format none.*retrain"):
         predict.main(["--weights", str(old), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     spec = current_spec((48, 48, 48), (1.0, 1.0, 1.0))
+    no_provenance = weights_payload(UNet3D(config).state_dict(), config, spec, {}, 1, {}, ORIGIN)
+    del no_provenance["provenance"]
+    no_provenance["format"] = 2                    # as the train stage wrote weights before provenance
+    save(tmp_path / "v2.pt", no_provenance)
+    with pytest.raises(UserError, match=r"v2\.pt is not of format 3 \(found format 2: .*without the provenance"):
+        predict.main(["--weights", str(tmp_path / "v2.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     other = tmp_path / "other.pt"
     save(other, weights_payload(UNet3D(config).state_dict(), config, spec.__class__(
-        spec.patch, ("WT", "TC", "ET", "NETC"), spec.modalities, spec.spacing_mm, spec.edition), {}, 1, {}))
+        spec.patch, ("WT", "TC", "ET", "NETC"), spec.modalities, spec.spacing_mm, spec.edition), {}, 1, {}, ORIGIN))
     with pytest.raises(UserError, match=r"other\.pt was trained with regions .*NETC.* but this code uses"):
         predict.main(["--weights", str(other), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
 
@@ -165,7 +175,8 @@ def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weigh
     assert np.array_equal(read("a"), read("b"))
     record = json.loads((tmp_path / "a" / "predictions.json").read_text())
     assert record["settings"] == {"overlap": 0.25, "batch": 3, "mirror": True, "precision": "fp32", "device": "cpu",
-                                  "probabilities": False}
+                                  "probabilities": False,
+                                  "postprocessing": {"file": None, "min_mm3": Postprocessing.none().min_mm3}}
     assert record["weights"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
     assert record["weights"]["inference"]["patch"] == [48, 48, 48]
     assert {"python", "torch", "numpy", "nibabel", "commit"} <= set(record["software"])
@@ -231,3 +242,45 @@ def test_unwritable_probabilities_are_one_line(tmp_path, weights, small_case):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "BraTS-GLI-00001-100.probs.npz" in last
     assert not (out / "BraTS-GLI-00001-100.nii.gz").exists()        # nothing half-written for that case
+
+
+def test_postprocessing_beside_the_weights_is_applied_and_recorded(tmp_path, weights, small_case, capsys):
+    import json
+    images, _, affine = small_case
+    write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    args = ["--weights", weights, "--input", str(tmp_path / "in"), "--no-mirror", "--overlap", "0.5", "--batch", "2"]
+    assert predict.main([*args, "--output", str(tmp_path / "raw")]) == 0
+    assert "masks are not post-processed" in capsys.readouterr().err     # no file beside the weights: said
+    read = lambda d: np.asanyarray(nib.load(tmp_path / d / "BraTS-GLI-00001-100.nii.gz").dataobj)  # noqa: E731
+    raw = read("raw")
+    assert 3 in raw                                 # the untrained network paints some ET
+    pp_file = tmp_path / postprocessing.FILE          # beside the weights, as `dvc pull` places it
+    rules = Postprocessing({**Postprocessing.none().min_mm3, "ET": 1e9})
+    postprocessing.save(pp_file, rules, {})
+    assert predict.main([*args, "--output", str(tmp_path / "pp")]) == 0
+    done = read("pp")
+    assert 3 not in done and np.array_equal(done, np.where(raw == 3, 1, raw))
+    record = json.loads((tmp_path / "pp" / "predictions.json").read_text())
+    assert record["settings"]["postprocessing"] == {"file": str(pp_file), "min_mm3": rules.min_mm3}
+    assert predict.main([*args, "--output", str(tmp_path / "off"), "--no-postprocessing"]) == 0
+    assert np.array_equal(read("off"), raw)
+    other = tmp_path / "elsewhere.json"
+    postprocessing.save(other, Postprocessing.none(), {})
+    assert predict.main([*args, "--output", str(tmp_path / "given"), "--postprocessing", str(other)]) == 0
+    assert np.array_equal(read("given"), raw)
+
+
+def test_postprocessing_for_other_regions_is_one_line(tmp_path, weights, small_case):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    images, _, affine = small_case
+    case = write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    postprocessing.save(tmp_path / postprocessing.FILE, Postprocessing(Postprocessing.none().min_mm3, ("WT", "TC")), {})
+    done = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
+                           "--output", str(tmp_path / "out"), "--no-mirror"], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "regions ['WT', 'TC']" in last and "repro postprocess" in last
+    assert not (tmp_path / "out").exists()              # refused before anything was written

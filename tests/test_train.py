@@ -7,9 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+import yaml
 
 import fit
 import train
@@ -37,12 +39,50 @@ def test_outputs(tiny_params):
     assert saved["params"]["lr"] == params.lr and saved["inference"]["regions"] == ["WT", "TC", "ET", "RC"]
     assert saved["inference"]["patch"] == [16, 16, 16] and saved["inference"]["spacing_mm"] == [4.0, 4.0, 4.0]
     assert torch.load(params.paths.models_dir / LAST_FILE, weights_only=True)["epoch"] == 2
-    written = json.loads((params.paths.metrics_dir / "train.json").read_text())
-    assert written == json.loads(json.dumps(metrics))
+    live = params.paths.live_dir
+    written = json.loads((live / "metrics.json").read_text())
+    assert written == {**json.loads(json.dumps(metrics)), "step": 2}
     assert set(written["best"]) >= {f"iou_{r}" for r in ("ET", "TC", "WT", "NETC", "SNFH", "RC")}
-    rows = list(csv.DictReader(open(params.paths.metrics_dir / "train_history.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_iou_WT"] for r in rows)
+    assert not {"train_seconds", "patches_per_s"} & set(written)    # timing is not a metric
+    assert yaml.safe_load((live / "params.yaml").read_text()) == {k: getattr(params, k) for k in ADAM}
+    rows = list(csv.DictReader(open(live / "plots" / "metrics" / "val" / "iou_WT.tsv"), delimiter="\t"))
+    assert [r["step"] for r in rows] == ["1", "2"]
     assert not (params.paths.resume_dir / RESUME_FILE).exists()   # removed once finished
+    origin = saved["provenance"]
+    assert set(origin) == {"training_data", "commit", "versions"} and origin["versions"]["torch"] == str(torch.__version__)
+
+
+def test_validation_curves_have_rows_only_where_validation_ran(tiny_params):
+    params = tiny_params(train__epochs=3, train__val_every=2)
+    train.train(params)
+    metrics = params.paths.live_dir / "plots" / "metrics"
+    steps = lambda path: [row.split("\t")[0] for row in path.read_text().splitlines()[1:]]  # noqa: E731
+    assert steps(metrics / "train" / "loss.tsv") == ["1", "2", "3"]
+    assert steps(metrics / "val" / "iou_WT.tsv") == ["2", "3"]         # epoch 2 and the last
+
+
+def test_curves_are_readable_while_training_runs(tiny_data, tmp_path):
+    """`dvc plots show` during a run reads DVCLive's files: they must hold the finished epochs."""
+    repo = checkout(tmp_path, {**TINY, **ADAM, "train.epochs": 400, "train.val_every": 1000,
+                               "paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed")})
+    proc = subprocess.Popen([sys.executable, "src/train.py"], cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    loss = repo / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if loss.exists() and len(loss.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before the test could look: " + proc.stderr.read()[-2000:]
+        rows = loss.read_text().splitlines()
+        assert rows[0] == "step\tloss" and len(rows) >= 3
+        summary = json.loads((repo / "dvclive" / "metrics.json").read_text())
+        assert summary["step"] >= 2 and "train" in summary               # the latest epoch, mid-run
+        assert not (repo / "models" / WEIGHTS_FILE).exists()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny_params, tmp_path):
@@ -58,7 +98,8 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny_params, tmp_path):
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_params, tmp_path, monkeypatch):
-    whole = tiny_params(train__epochs=3, paths__models_dir=str(tmp_path / "whole"))
+    whole = tiny_params(train__epochs=3, paths__models_dir=str(tmp_path / "whole"),
+                        paths__live_dir=str(tmp_path / "whole-live"))
     train.train(whole)
     killed = tiny_params(train__epochs=3)
     real_save = train.save_checkpoint
@@ -78,6 +119,52 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_params, tmp_path
     assert len(resumed_epochs) == 1                               # only epoch 3 ran again
     assert same_state(weights(whole)["state_dict"], weights(killed)["state_dict"])
     assert weights(whole)["epoch"] == weights(killed)["epoch"]
+    curves = lambda live: {p.relative_to(live): p.read_text() for p in sorted(live.rglob("*")) if p.is_file()}  # noqa: E731
+    assert curves(whole.paths.live_dir) == curves(killed.paths.live_dir)   # every epoch, once
+
+
+def test_resumed_training_continues_its_mlflow_run(tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params(train__epochs=3, train__mlflow=True)
+    real_save = train.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(params)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    train.train(params)
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[params.train.experiment], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def test_mlflow_model_upload_is_opt_in_and_has_a_signature(tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import mlflow
+    train.train(tiny_params(train__mlflow=True))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not mlflow.search_logged_models(output_format="list")          # off by default
+    params = tiny_params(train__mlflow=True, train__mlflow_log_model=True, train__mlflow_model_name="brats-unet",
+                         paths__models_dir=str(tmp_path / "m2"))
+    train.train(params)
+    info = mlflow.models.get_model_info("models:/brats-unet/1")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [1, 4, 16, 16, 16]
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == [1, 4, 16, 16, 16]
+    loaded = mlflow.pytorch.load_model("models:/brats-unet/1")
+    best = UNet3D(ModelParams(**weights(params)["model"]))
+    best.load_state_dict(weights(params)["state_dict"])
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), best.eval()(x))
 
 
 real_validate = fit.validate
@@ -120,11 +207,13 @@ def test_lr_written_by_dvc_exp_as_text_trains_with_the_float(tiny_params, tiny_d
     (tmp_path / "params.yaml").write_text(edited + "\n")
     base = tiny_params()
     overrides = {k: str(getattr(base.paths, k.split(".")[1])) for k in
-                 ("paths.preprocessed_dir", "paths.models_dir", "paths.metrics_dir", "paths.resume_dir")}
+                 ("paths.preprocessed_dir", "paths.models_dir", "paths.metrics_dir", "paths.resume_dir",
+                  "paths.live_dir")}
     adam = {k: v for k, v in ADAM.items() if k != "lr"}  # keep the file's text value
     params = load_params(tmp_path / "params.yaml", {**adam, **overrides})
-    metrics = train.train(params)
-    assert metrics["lr"] == 1e-5 and type(metrics["lr"]) is float
+    train.train(params)
+    logged = yaml.safe_load((params.paths.live_dir / "params.yaml").read_text())["lr"]
+    assert logged == 1e-5 and type(logged) is float
     assert weights(params)["params"]["lr"] == 1e-5
 
 
@@ -190,3 +279,16 @@ def test_unwritable_output_folder_stops_before_the_first_epoch(tiny_params, tmp_
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before checking the outputs"))
     with pytest.raises(UserError, match=rf"cannot write to {blocker}.*train writes its outputs there"):
         train.train(tiny_params(paths__models_dir=str(blocker)))
+
+
+def test_provenance_reads_the_data_hash_from_dvc_lock(tmp_path):
+    from weights import provenance
+    lock = {"schema": "2.0", "stages": {"preprocess": {"cmd": "python src/preprocess.py", "outs": [
+        {"path": "data/preprocessed", "hash": "md5", "md5": "0123abcd.dir", "size": 1, "nfiles": 1}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    origin = provenance(tmp_path / "data" / "preprocessed", tmp_path, "abc123")
+    assert origin["training_data"] == {"path": "data/preprocessed", "md5": "0123abcd.dir"}
+    assert origin["commit"] == "abc123" and set(origin["versions"]) == {"python", "torch", "numpy"}
+    assert provenance(tmp_path / "elsewhere", tmp_path, "c")["training_data"]["md5"] is None
+    (tmp_path / "dvc.lock").write_text("{broken")
+    assert provenance(tmp_path / "data" / "preprocessed", tmp_path, "c")["training_data"]["md5"] is None

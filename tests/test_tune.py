@@ -39,8 +39,10 @@ def test_tiny_study_prunes_writes_outputs_and_feeds_train(tune_params, tmp_path)
     assert set(best["best"]) == {"lr", "weight_decay", "beta1", "beta2"}
     assert 1e-7 <= best["best"]["lr"] <= 3e-2
     rows = (tmp_path / "tune" / "trials.csv").read_text().strip().splitlines()
-    assert len(rows) == 7 and "params_lr" in rows[0]
-    assert (tmp_path / "tune" / "history.png").stat().st_size > 0 and (tmp_path / "tune" / "importance.png").exists()
+    assert len(rows) == 7 and "params_lr" in rows[0] and "duration" not in rows[0]   # same bytes on a rerun
+    plots = tmp_path / "tune" / "plots"
+    assert (plots / "history.png").stat().st_size > 0
+    assert result["complete"] < tune.IMPORTANCE_MIN_TRIALS and not (plots / "importance.png").exists()
     # precedence: `tuned` keys take the study's best value...
     resolved = resolve_tuned(dataclasses.replace(params, lr="tuned", beta2="tuned"))
     assert resolved.lr == best["best"]["lr"] and resolved.beta2 == best["best"]["beta2"]
@@ -116,3 +118,21 @@ def test_each_trial_is_a_nested_mlflow_run(tune_params, tmp_path, monkeypatch):
     assert len(parent) == 1 and len(trials) == 2
     assert all(r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id for r in trials)
     assert all("lr" in r.data.params and "val_mean_iou" in r.data.metrics for r in trials)
+
+
+def test_importances_are_plotted_once_enough_trials_completed(tune_params, tmp_path):
+    params = tune_params(tune__trials=tune.IMPORTANCE_MIN_TRIALS, tune__epochs=1, tune__pruner="none")
+    tune.tune(params)
+    assert (tmp_path / "tune" / "plots" / "importance.png").stat().st_size > 0
+    assert (tmp_path / "tune" / "plots" / "history.png").stat().st_size > 0
+
+
+def test_tpe_takes_over_after_the_startup_trials(tune_params, monkeypatch):
+    from params import ParamsError
+    made = []
+    real = optuna.samplers.TPESampler
+    monkeypatch.setattr(optuna.samplers, "TPESampler", lambda **kw: made.append(kw) or real(**kw))
+    tune.tune(tune_params(tune__trials=3, tune__startup_trials=2, tune__pruner="none"))
+    assert made and made[0]["n_startup_trials"] == 2
+    with pytest.raises(ParamsError, match=r"tune.startup_trials \(4\) must be below tune.trials \(4\)"):
+        tune_params(tune__trials=4, tune__startup_trials=4)
