@@ -68,7 +68,9 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params) -> 
         "(the preprocess stage's output in `dvc.lock`).",
         "- By default the synthetic BraTS-2024-like set that `src/synthesize.py` generates; real BraTS 2024",
         "  data when `paths.raw_dir` points at it (README). Splits are grouped by patient.",
-        f"- Code: commit `{origin['commit']}`; {versions}.",
+        f"- Code: SHA-256 `{origin['code']['sha256'][:16]}…` of the train stage's {origin['code']['files']} "
+        f"source files (`weights.code_digest`); {versions}. The commit is the one whose `dvc.lock` names",
+        "  the weights' md5 (`git log -S <md5> --oneline -- dvc.lock`).",
         "",
         f"## Metrics (test split, {metrics['cases']} cases)",
         "",

@@ -189,8 +189,8 @@ def check_writable(folder: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to --output {folder} ({e.strerror or e}): choose a writable folder, "
-                        "fix its permissions or free space") from None
+        raise UserError(f"{folder}: {e.strerror or e} (--output must be a folder predict can write: check "
+                        "the path, its permissions and free space)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,7 @@ def _log_mlflow_model(model, patch: tuple[int, int, int], registered_name: str) 
         output = model(torch.from_numpy(example)).numpy()
     here = Path(__file__).parent
     mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                             serialization_format="pickle",    # an nn.Module back, any window size
                              registered_model_name=registered_name or None,
                              code_paths=[str(here / f) for f in ("model.py", "params.py", "errors.py", "files.py",
                                                                   "brats.py")],

@@ -37,7 +37,7 @@ from layout import load_manifest, load_split
 from params import OPTIMIZER_KEYS, ROOT, Params, flat_params, load_params, resolve_tuned
 from runtime import setup_runtime
 from model import UNet3D
-from tracking import Tracker, git_commit
+from tracking import Tracker
 from weights import current_spec, provenance, save, weights_payload
 
 WEIGHTS_FILE = "model.pt"     # best weights by validation mean IoU
@@ -195,7 +195,7 @@ def finish(params: Params, model: torch.nn.Module, state: FitState, metrics: dic
     """Write the stage's outputs: best and last weights, DVCLive's summary; the trackers' last logs."""
     paths, tp = params.paths, params.train
     spec, record = current_spec(tp.patch, spacing), flat_params(params)
-    origin = provenance(paths.preprocessed_dir, ROOT, git_commit(ROOT))
+    origin = provenance(paths.preprocessed_dir, ROOT)
     last = weights_payload(model.state_dict(), params.model, spec, record, state.history[-1]["epoch"], {}, origin)
     chosen = weights_payload(state.best_state, params.model, spec, record, state.best["epoch"], state.best,
                              origin) if state.best_state else last

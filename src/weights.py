@@ -10,12 +10,20 @@
     params      the training params, flattened (`train.patch`, `lr`, ...): a record, read by nothing
     epoch, val  the epoch these weights are from, and its validation scores
     provenance  where they come from (`provenance()`): the training data's hash as dvc.lock records
-                it, the project's git commit, and the versions of Python, PyTorch and NumPy
+                it, a SHA-256 of the training code (the train stage's src/ files, as dvc.yaml lists
+                them) and the versions of Python, PyTorch and NumPy
+
+The git commit is deliberately not written into the file: DVC's workflow trains first and commits
+the code with the new dvc.lock afterwards, so the commit does not exist yet at training time, and a
+recorded HEAD would make a fresh clone's rerun produce identical tensors in a file of another hash
+(measured: dvc.lock changed in a clean clone). The commit of a weights file is the one whose dvc.lock
+names its md5 (`git log -S <md5> --oneline -- dvc.lock`); the code digest ties the file to the code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +68,28 @@ def data_hash(data_dir: Path, root: Path) -> str | None:
     return None
 
 
-def provenance(data_dir: Path, root: Path, commit: str) -> dict:
+def code_digest(root: Path, stage: str = "train") -> dict:
+    """SHA-256 over the names and bytes of `stage`'s src/ files as dvc.yaml (at `root`) lists them;
+    over every src/*.py where there is no such dvc.yaml."""
+    root = Path(root)
+    try:
+        deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["deps"]
+        files = sorted(d for d in deps if d.startswith("src/") and d.endswith(".py"))
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        files = sorted(p.relative_to(root).as_posix() for p in (root / "src").glob("*.py"))
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return {"sha256": digest.hexdigest(), "files": len(files)}
+
+
+def provenance(data_dir: Path, root: Path) -> dict:
     """What a weights file records of its origin (see the module docstring)."""
     try:
         path = str(Path(data_dir).resolve().relative_to(Path(root).resolve()))
     except ValueError:
         path = str(data_dir)
-    return {"training_data": {"path": path, "md5": data_hash(data_dir, root)}, "commit": commit,
+    return {"training_data": {"path": path, "md5": data_hash(data_dir, root)}, "code": code_digest(root),
             "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                          "numpy": str(np.__version__)}}
 

@@ -14,9 +14,10 @@ from postprocessing import Postprocessing
 from helpers import write_case
 from model import UNet3D
 from params import ModelParams
-from weights import current_spec, provenance, save, weights_payload
+from weights import current_spec, save, weights_payload
 
-ORIGIN = {"training_data": {"path": "data/preprocessed", "md5": None}, "commit": "test", "versions": {}}
+ORIGIN = {"training_data": {"path": "data/preprocessed", "md5": None}, "code": {"sha256": "0" * 64, "files": 0},
+          "versions": {}}
 
 
 @pytest.fixture

@@ -26,6 +26,12 @@ def weights(params) -> dict:
     return torch.load(params.paths.models_dir / WEIGHTS_FILE, weights_only=True)
 
 
+def yaml_1_2(path) -> dict:
+    """A YAML file read as DVC reads it (YAML 1.2, where `1e-05` is a number; PyYAML reads text)."""
+    from ruamel.yaml import YAML
+    return YAML(typ="safe").load(path.read_text())
+
+
 def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -44,12 +50,12 @@ def test_outputs(tiny_params):
     assert written == {**json.loads(json.dumps(metrics)), "step": 2}
     assert set(written["best"]) >= {f"iou_{r}" for r in ("ET", "TC", "WT", "NETC", "SNFH", "RC")}
     assert not {"train_seconds", "patches_per_s"} & set(written)    # timing is not a metric
-    assert yaml.safe_load((live / "params.yaml").read_text()) == {k: getattr(params, k) for k in ADAM}
+    assert yaml_1_2(live / "params.yaml") == {k: getattr(params, k) for k in ADAM}
     rows = list(csv.DictReader(open(live / "plots" / "metrics" / "val" / "iou_WT.tsv"), delimiter="\t"))
     assert [r["step"] for r in rows] == ["1", "2"]
     assert not (params.paths.resume_dir / RESUME_FILE).exists()   # removed once finished
     origin = saved["provenance"]
-    assert set(origin) == {"training_data", "commit", "versions"} and origin["versions"]["torch"] == str(torch.__version__)
+    assert set(origin) == {"training_data", "code", "versions"} and origin["versions"]["torch"] == str(torch.__version__)
 
 
 def test_validation_curves_have_rows_only_where_validation_ran(tiny_params):
@@ -157,8 +163,8 @@ def test_mlflow_model_upload_is_opt_in_and_has_a_signature(tiny_params, tmp_path
                          paths__models_dir=str(tmp_path / "m2"))
     train.train(params)
     info = mlflow.models.get_model_info("models:/brats-unet/1")
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [1, 4, 16, 16, 16]
-    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == [1, 4, 16, 16, 16]
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4, 16, 16, 16)  # any batch
+    assert tuple(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4, 16, 16, 16)
     loaded = mlflow.pytorch.load_model("models:/brats-unet/1")
     best = UNet3D(ModelParams(**weights(params)["model"]))
     best.load_state_dict(weights(params)["state_dict"])
@@ -212,7 +218,7 @@ def test_lr_written_by_dvc_exp_as_text_trains_with_the_float(tiny_params, tiny_d
     adam = {k: v for k, v in ADAM.items() if k != "lr"}  # keep the file's text value
     params = load_params(tmp_path / "params.yaml", {**adam, **overrides})
     train.train(params)
-    logged = yaml.safe_load((params.paths.live_dir / "params.yaml").read_text())["lr"]
+    logged = yaml_1_2(params.paths.live_dir / "params.yaml")["lr"]
     assert logged == 1e-5 and type(logged) is float
     assert weights(params)["params"]["lr"] == 1e-5
 
@@ -286,9 +292,24 @@ def test_provenance_reads_the_data_hash_from_dvc_lock(tmp_path):
     lock = {"schema": "2.0", "stages": {"preprocess": {"cmd": "python src/preprocess.py", "outs": [
         {"path": "data/preprocessed", "hash": "md5", "md5": "0123abcd.dir", "size": 1, "nfiles": 1}]}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    origin = provenance(tmp_path / "data" / "preprocessed", tmp_path, "abc123")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("print(1)\n")
+    origin = provenance(tmp_path / "data" / "preprocessed", tmp_path)
     assert origin["training_data"] == {"path": "data/preprocessed", "md5": "0123abcd.dir"}
-    assert origin["commit"] == "abc123" and set(origin["versions"]) == {"python", "torch", "numpy"}
-    assert provenance(tmp_path / "elsewhere", tmp_path, "c")["training_data"]["md5"] is None
+    assert set(origin["versions"]) == {"python", "torch", "numpy"}
+    # the code digest, computed independently: sha256 of name, NUL, bytes, NUL per file
+    import hashlib
+    assert origin["code"] == {"sha256": hashlib.sha256(b"src/train.py\0print(1)\n\0").hexdigest(), "files": 1}
+    (tmp_path / "src" / "train.py").write_text("print(2)\n")
+    assert provenance(tmp_path / "data" / "preprocessed", tmp_path)["code"] != origin["code"]
+    assert provenance(tmp_path / "elsewhere", tmp_path)["training_data"]["md5"] is None
     (tmp_path / "dvc.lock").write_text("{broken")
-    assert provenance(tmp_path / "data" / "preprocessed", tmp_path, "c")["training_data"]["md5"] is None
+    assert provenance(tmp_path / "data" / "preprocessed", tmp_path)["training_data"]["md5"] is None
+
+
+def test_code_digest_covers_the_train_stage_deps_of_dvc_yaml():
+    from helpers import ROOT
+    from weights import code_digest
+    deps = [d for d in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+            if d.startswith("src/")]
+    assert code_digest(ROOT)["files"] == len(deps) and "src/train.py" in deps
