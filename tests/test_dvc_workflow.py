@@ -197,7 +197,7 @@ def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
     sh(["dvc", "pull"], repo, env)
     sh(["dvc", "exp", "run", "-S", "lr=1e-5"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] in (1e-5, "1e-05")
-    assert yaml.safe_load((repo / "dvclive" / "params.yaml").read_text())["lr"] == 1e-5
+    assert float(yaml.safe_load((repo / "dvclive" / "params.yaml").read_text())["lr"]) == 1e-5   # YAML 1.1 reads text
     diff = sh(["dvc", "metrics", "diff", "--json"], repo, env).stdout
     changed = json.loads(diff)["metrics/evaluate.json"]
     assert "iou.WT" in changed and "old" in changed["iou.WT"]
