@@ -118,7 +118,7 @@ def test_repro_outputs_and_push(origin, s3):
     assert (origin / "models" / "model.pt").stat().st_size > 0
     best = json.loads((origin / "tune" / "best_params.json").read_text())
     trained = yaml.safe_load((origin / "dvclive" / "params.yaml").read_text())
-    assert trained["lr"] == best["best"]["lr"]                     # tuned value reached training
+    assert float(trained["lr"]) == best["best"]["lr"]              # tuned value reached training
     assert json.loads((origin / "dvclive" / "metrics.json").read_text())["step"] == TINY["train.epochs"]
     assert "## Metrics" in (origin / "MODEL_CARD.md").read_text()
     import boto3
