@@ -45,6 +45,18 @@ def atomic_folder(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_writable(folder: Path, purpose: str) -> None:
+    """Fail now, not after hours of work, when `folder` cannot be made or written; `purpose` says what
+    goes there and what to do."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({e.strerror or e}); {purpose}") from None
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import os
 import platform
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from brats import is_case_dir
 from errors import UserError, run_stage
-from files import atomic_write, read_json, write_json
+from files import atomic_write, check_writable, read_json, write_json
 from geometry import restore
 from inference import predict_probs, probs_to_labels
 from nifti import read_case, write_nifti
@@ -181,18 +180,6 @@ def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...]) -> tu
     return postprocessing.load(path, regions), str(path)
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before the first case, not after it, when the output folder cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{folder}: {e.strerror or e} (--output must be a folder predict can write: check "
-                        "the path, its permissions and free space)") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
@@ -204,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ignored {args.input / name}: {reason}", file=sys.stderr)
     if listing.misnamed and args.fail_fast:
         raise UserError(next(iter(listing.misnamed.values())))
-    check_writable(args.output)
+    check_writable(args.output, "predict writes its outputs there: free space, fix permissions or choose "
+                                "another --output")
     record_path = args.output / RECORD_FILE
     previous = read_json(record_path, "the record of an earlier run", "predict").get("cases", {}) \
         if record_path.exists() else {}

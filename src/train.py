@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 
 from brats import REGIONS
-from errors import UserError, run_stage
+from errors import run_stage
+from files import check_writable
 from fit import FitState, TrainingDiverged, build, fingerprint, fit
 from layout import load_manifest, load_split
 from params import OPTIMIZER_KEYS, ROOT, Params, flat_params, load_params, resolve_tuned
@@ -67,19 +68,6 @@ def load_resume(path: Path, expected: str, main: bool) -> dict | None:
             print(f"{path} was written with other params or data: starting afresh", file=sys.stderr)
         return None
     return state
-
-
-def check_writable(*folders: Path) -> None:
-    """Fail now, not after hours of training, when an output folder cannot be written."""
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"cannot write to {folder} ({e.strerror or e}); train writes its outputs there: "
-                            "free space, fix permissions or change paths in params.yaml") from None
 
 
 def training_spacing(params: Params, cases: list[str]) -> tuple[float, float, float]:
@@ -124,7 +112,9 @@ def train(params: Params) -> dict:
     tp, paths = params.train, params.paths
     rt = setup_runtime(tp.precision, tp.deterministic)
     if rt.main:
-        check_writable(paths.models_dir, paths.live_dir, paths.resume_dir)
+        for folder in (paths.models_dir, paths.live_dir, paths.resume_dir):
+            check_writable(folder, "train writes its outputs there: free space, fix permissions or change "
+                                   "paths in params.yaml")
     train_cases = load_split(paths.preprocessed_dir, "train")
     val_cases = load_split(paths.preprocessed_dir, "val")
     spacing = training_spacing(params, train_cases)

@@ -135,7 +135,7 @@ def test_output_path_that_is_a_file_is_one_line(tmp_path, weights, small_case):
     done = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
                            "--output", str(tmp_path / "taken")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'taken'}: File exists")
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot write to {tmp_path / 'taken'} (File exists)")
 
 
 def test_weights_of_an_older_format_or_other_regions_are_refused(tmp_path):
