@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import hashlib
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ import postprocessing
 from postprocessing import Postprocessing
 from prepare import Listing, find_cases, prepare, spacing_of
 from runtime import resolve_precision
+from tracking import git_commit
 from weights import InferenceSpec, load_model
 
 RECORD_FILE = "predictions.json"
@@ -107,13 +107,8 @@ def file_sha256(path: Path) -> str:
 def software() -> dict:
     """Versions that decide the output, and the project's commit when run from a git checkout."""
     import nibabel
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "nibabel": nibabel.__version__, "commit": commit}
+            "nibabel": nibabel.__version__, "commit": git_commit(Path(__file__).parent)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -104,6 +104,7 @@ def test_missing_or_broken_weights(tmp_path):
     (["--batch", "0"], "--batch 0: must be 1 or more"),
     (["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
     (["--device", "tpu9"], "--device 'tpu9': not a device"),
+    (["--postprocessing", "pp.json", "--no-postprocessing"], "--postprocessing and --no-postprocessing exclude"),
 ])
 def test_bad_arguments_are_one_line_each(tmp_path, weights, capsys, args, words):
     if "cuda" in args and torch.cuda.is_available():
