@@ -33,9 +33,9 @@ from inference import predict_probs, probs_to_labels
 from layout import load_manifest, load_split, open_case
 from metrics import case_scores, mean_scores
 import model_card
-import postprocessing
 from nifti import AFFINE_TOLERANCE_MM, labels_from_array, load_volume, write_nifti
 from params import Params, load_params
+import postprocessing
 from prepare import spacing_of
 from runtime import default_device, resolve_precision
 from weights import load_model, read
