@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brats import MAX_LABEL, MODALITIES, SEG, case_file
+from editions import EDITIONS, Case, Edition
 from errors import UserError
 from files import atomic_write
 
@@ -24,9 +24,10 @@ class CaseError(UserError):
 @dataclass
 class RawCase:
     name: str
-    images: np.ndarray          # (C, X, Y, Z) float32, channels in MODALITIES order
-    seg: np.ndarray | None      # (X, Y, Z) uint8 labels 0..4, or None where no seg was asked for
+    images: np.ndarray          # (C, X, Y, Z) float32, channels in brats.MODALITIES order
+    seg: np.ndarray | None      # (X, Y, Z) uint8 labels 0..4 in the 2024 meaning, or None where not asked for
     affine: np.ndarray          # (4, 4) voxel -> world (mm)
+    edition: str = "2024"       # editions.EDITIONS key of the source files
 
 
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
@@ -44,8 +45,9 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def load_volume(case: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Array and affine of one 3D file; any read failure becomes a CaseError naming the file."""
+def load_volume(case: str, path: Path, channels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Array and affine of one 3D file (or, with `channels`, one 4D file of that many volumes); any
+    read failure becomes a CaseError naming the file."""
     if not path.exists():
         raise CaseError(f"{case}: missing file {path.name} (expected in {path.parent})")
     try:
@@ -54,6 +56,11 @@ def load_volume(case: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # nibabel raises many types for truncated or corrupt files
         raise CaseError(f"{case}: cannot read {path.name}: {type(e).__name__}: {e} "
                         "(truncated or corrupt file? re-download or re-extract it)") from None
+    if channels:
+        if data.ndim != 4 or data.shape[3] != channels:
+            raise CaseError(f"{case}: {path.name} has shape {data.shape}; a 4D file of {channels} volumes "
+                            "is expected (the Decathlon's FLAIR, T1w, T1gd, T2w)")
+        return data, img.affine
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -61,24 +68,35 @@ def load_volume(case: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, img.affine
 
 
-def read_case(case_dir: Path, with_seg: bool) -> RawCase:
-    """Load the four modalities (and the seg) of one case folder and check that they fit together."""
-    case = case_dir.name
+def _volumes(case: Case):
+    """(file name, array, affine) of each modality in brats.MODALITIES order."""
+    edition = case.edition
+    if edition.channels:
+        path = case.images[0]
+        data, affine = load_volume(case.name, path, channels=len(edition.channels))
+        for c in edition.channels:
+            yield f"{path.name} (volume {c})", data[..., c], affine
+        return
+    for path in case.images:
+        yield (path.name, *load_volume(case.name, path))
+
+
+def read_case(case: Case, with_seg: bool) -> RawCase:
+    """Load the four modalities (and the seg, mapped to the 2024 labels) of one case of any edition
+    and check that they fit together."""
     images, affine, shape, ref = [], None, None, None
-    for mod in MODALITIES:
-        path = case_file(case_dir, mod)
-        data, aff = load_volume(case, path)
+    for name, data, aff in _volumes(case):
         if shape is None:
-            shape, affine, ref = data.shape, aff, path.name
-        _check_geometry(case, path.name, data.shape, aff, ref, shape, affine)
+            shape, affine, ref = data.shape, aff, name
+        _check_geometry(case.name, name, data.shape, aff, ref, shape, affine)
         data = data.astype(np.float32, copy=False)
         bad = np.count_nonzero(~np.isfinite(data))
         if bad:
-            raise CaseError(f"{case}: {path.name} has {bad} NaN or infinite voxels; fix or drop the case")
-        _check_plausible(case, path.name, data)
+            raise CaseError(f"{case.name}: {name} has {bad} NaN or infinite voxels; fix or drop the case")
+        _check_plausible(case.name, name, data)
         images.append(data)
-    seg = _read_seg(case_dir, ref, shape, affine) if with_seg else None
-    return RawCase(case, np.stack(images), seg, np.asarray(affine, dtype=np.float64))
+    seg = _read_seg(case, ref, shape, affine) if with_seg else None
+    return RawCase(case.name, np.stack(images), seg, np.asarray(affine, dtype=np.float64), case.edition.key)
 
 
 # A voxel this many times brighter than the head's 99.9th percentile is a corrupt value, not signal:
@@ -109,21 +127,19 @@ def _check_geometry(case: str, name: str, shape: tuple, affine: np.ndarray, ref:
                         f"{np.abs(affine - ref_affine).max():.4g} mm; the files are not co-registered")
 
 
-def _read_seg(case_dir: Path, ref: str, shape: tuple, affine: np.ndarray) -> np.ndarray:
-    case = case_dir.name
-    path = case_file(case_dir, SEG)
-    data, aff = load_volume(case, path)
-    _check_geometry(case, path.name, data.shape, aff, ref, shape, affine)
-    return labels_from_array(data, f"{case}: {path.name}")
+def _read_seg(case: Case, ref: str, shape: tuple, affine: np.ndarray) -> np.ndarray:
+    data, aff = load_volume(case.name, case.seg)
+    _check_geometry(case.name, case.seg.name, data.shape, aff, ref, shape, affine)
+    return labels_from_array(data, f"{case.name}: {case.seg.name}", case.edition)
 
 
 # Float label files hold whole numbers up to rounding noise (2.0000001); anything further off is not a label.
 LABEL_TOLERANCE = 1e-3
 
 
-def labels_from_array(data: np.ndarray, where: str) -> np.ndarray:
-    """Round a label array (float files are common) to uint8, rejecting values outside 0..4 and
-    values that are not whole numbers up to float noise."""
+def labels_from_array(data: np.ndarray, where: str, edition: Edition = EDITIONS["2024"]) -> np.ndarray:
+    """A label array of `edition` (float files are common) as uint8 labels of the 2024 meaning,
+    rejecting values that are not whole numbers up to float noise or not labels of that edition."""
     values = np.unique(data)
     if not np.all(np.isfinite(values)):
         raise CaseError(f"{where}: label file holds NaN or infinite values")
@@ -131,11 +147,14 @@ def labels_from_array(data: np.ndarray, where: str) -> np.ndarray:
     fractional = values[np.abs(values - rounded) > LABEL_TOLERANCE]
     if fractional.size:
         raise CaseError(f"{where}: label value {fractional[0]:g} is not a whole number; a label map holds "
-                        f"0..{MAX_LABEL} (is this a probability map or a resampled, interpolated label file?)")
-    bad = rounded[(rounded < 0) | (rounded > MAX_LABEL)]
+                        f"{_values(edition)} (is this a probability map or a resampled, interpolated label file?)")
+    bad = rounded[~np.isin(rounded, list(edition.labels))]
     if bad.size:
-        raise CaseError(f"{where}: label value {bad[0]:g} is not a BraTS 2024 label (0..{MAX_LABEL}); "
-                        "is this a segmentation of another edition?")
-    if np.issubdtype(data.dtype, np.integer):
-        return data.astype(np.uint8)
-    return np.rint(data).astype(np.uint8)
+        raise CaseError(f"{where}: label value {bad[0]:g} is not a {edition.title} label ({_values(edition)}); "
+                        "is this a segmentation of another edition? (preprocess.edition, predict/scorer --labels)")
+    labels = data.astype(np.uint8) if np.issubdtype(data.dtype, np.integer) else np.rint(data).astype(np.uint8)
+    return edition.to_2024(labels)
+
+
+def _values(edition: Edition) -> str:
+    return ", ".join(str(v) for v in sorted(edition.labels))
