@@ -10,10 +10,12 @@ BraTS format under `paths.predictions_dir` (original grid and affine, post-proce
 src/predict.py writes for the same case).
 
 As a scorer:
-    python src/evaluate.py --pred PRED_DIR --gt GT_DIR --out scores.json
-scores `<case>.nii.gz` predictions against `GT_DIR/<case>/<case>-seg.nii.gz` (or `GT_DIR/<case>-seg.nii.gz`)
-with the metrics of src/metrics.py, writes {"cases": {case: {region: {...}}}, "mean": {region: {...}}}
-and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
+    python src/evaluate.py --pred PRED_DIR --gt GT_DIR --out scores.json [--labels 2024]
+scores `<case>.nii.gz` predictions against the ground truth of GT_DIR, in any edition's layout
+(`<case>/<case>-seg.nii.gz` or `<case>-seg.nii.gz` files of 2023/2024, `<case>/<case>_seg.nii.gz` of
+2017-2021, a Decathlon task's `labelsTr/`: src/editions.py; labels read in the 2024 meaning), with
+the metrics of src/metrics.py (`--labels`: the edition whose values the predictions hold), writes
+{"cases": {case: {region: {...}}}, "mean": {region: {...}}} and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
 challenge); `--only-predicted` scores the ground-truth cases that have one and lists the others.
 """
 
@@ -26,19 +28,21 @@ import numpy as np
 from tqdm import tqdm
 
 from brats import MODALITIES, REGIONS
+from editions import EDITIONS, Edition, find_cases, year_edition
 from errors import UserError, run_stage
 from files import atomic_folder, write_csv, write_json
 from geometry import restore
 from inference import predict_probs, probs_to_labels
-from layout import load_manifest, load_split, open_case
+from layout import load_manifest, load_split, native_labels, native_shape, open_case
 from metrics import case_scores, mean_scores
 import model_card
 from nifti import AFFINE_TOLERANCE_MM, labels_from_array, load_volume, write_nifti
 from params import Params, load_params
 import postprocessing
 from prepare import spacing_of
+import resample
 from runtime import default_device, resolve_precision
-from weights import load_model, read
+from weights import WEIGHTS_FILE, load_model, read
 
 KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
 RAW_KEYS = ("iou", "lesionwise_dice", "lesionwise_hd95")     # reported without post-processing too
@@ -55,28 +59,36 @@ def table(mean: dict) -> str:
 
 # --- scorer ---------------------------------------------------------------------------------------
 
-def gt_file(gt_dir: Path, case: str) -> Path:
-    for candidate in (gt_dir / case / f"{case}-seg.nii.gz", gt_dir / f"{case}-seg.nii.gz"):
-        if candidate.exists():
-            return candidate
-    raise UserError(f"{case}: no ground truth {case}-seg.nii.gz in {gt_dir} or {gt_dir / case}")
+def ground_truths(gt_dir: Path) -> dict[str, tuple[Path, Edition]]:
+    """Label file and edition of each ground-truth case under `gt_dir`: `<case>-seg.nii.gz` files
+    directly in it, or cases of any edition (src/editions.py) that have their labels."""
+    flat = sorted(gt_dir.glob("*-seg.nii.gz"))
+    if flat:
+        return {p.name.removesuffix("-seg.nii.gz"): (p, year_edition(p.name.removesuffix("-seg.nii.gz")))
+                for p in flat}
+    listing = find_cases(gt_dir, "give --gt a folder of ground-truth cases (any BraTS edition) or of "
+                                 "<case>-seg.nii.gz files")
+    return {c.name: (c.seg, c.edition) for c in listing.cases if c.seg.exists()}
 
 
-def load_labels(path: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """A label map (uint8, checked to be 0..4) and its affine."""
+def load_labels(path: Path, case: str, edition: Edition = EDITIONS["2024"]) -> tuple[np.ndarray, np.ndarray]:
+    """A label map of `edition` (checked) in the 2024 meaning (uint8), and its affine."""
     data, affine = load_volume(case, path)
-    return labels_from_array(data, f"{case}: {path.name}"), affine
+    return labels_from_array(data, f"{case}: {path.name}", edition), affine
 
 
-def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, only_predicted: bool = False) -> dict:
-    """Scores of every prediction in pred_dir; every ground-truth case must have one unless
-    `only_predicted` (then the cases without one are listed under "unscored").
-    `label_map_quirk`: legacy HD95 as the official code computes it (metrics.region_scores)."""
+def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, only_predicted: bool = False,
+                  pred_labels: str = "2024") -> dict:
+    """Scores of every prediction in pred_dir (label values of edition `pred_labels`); every
+    ground-truth case must have one unless `only_predicted` (then the cases without one are listed
+    under "unscored"). `label_map_quirk`: legacy HD95 as the official code computes it
+    (metrics.region_scores)."""
     if not pred_dir.is_dir() or not gt_dir.is_dir():
         raise UserError(f"--pred {pred_dir} and --gt {gt_dir} must both be folders")
-    gt_cases = sorted({p.name.removesuffix("-seg.nii.gz") for p in gt_dir.rglob("*-seg.nii.gz")})
+    truths = ground_truths(gt_dir)
+    gt_cases = sorted(truths)
     if not gt_cases:
-        raise UserError(f"no <case>-seg.nii.gz ground truth found under {gt_dir}")
+        raise UserError(f"no ground truth found under {gt_dir} (<case>-seg.nii.gz, <case>_seg.nii.gz or labelsTr/)")
     missing = [c for c in gt_cases if not (pred_dir / f"{c}.nii.gz").exists()]
     if missing and not only_predicted:
         raise UserError(f"{missing[0]}: prediction {pred_dir / (missing[0] + '.nii.gz')} is missing "
@@ -88,8 +100,9 @@ def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, o
     cases = {}
     for case in tqdm([c for c in gt_cases if c not in missing], desc="score", unit="case"):
         pred_path = pred_dir / f"{case}.nii.gz"
-        pred, pred_affine = load_labels(pred_path, case)
-        gt, gt_affine = load_labels(gt_file(gt_dir, case), case)
+        pred, pred_affine = load_labels(pred_path, case, EDITIONS[pred_labels])
+        gt_path, gt_edition = truths[case]
+        gt, gt_affine = load_labels(gt_path, case, gt_edition)
         if pred.shape != gt.shape:
             raise UserError(f"{case}: prediction shape {pred.shape} differs from ground truth {gt.shape}")
         if not np.allclose(pred_affine, gt_affine, atol=AFFINE_TOLERANCE_MM, rtol=0):
@@ -130,7 +143,7 @@ def evaluate(params: Params) -> dict:
     end with the metrics files, so a killed run leaves the previous set whole."""
     paths, ep = params.paths, params.evaluate
     device = default_device()
-    weights = paths.models_dir / "model.pt"
+    weights = paths.models_dir / WEIGHTS_FILE
     model, spec = load_model(weights, device)
     pp = postprocessing.load(paths.models_dir / postprocessing.FILE, spec.regions)
     manifest = load_manifest(paths.preprocessed_dir)
@@ -140,12 +153,13 @@ def evaluate(params: Params) -> dict:
     with atomic_folder(paths.predictions_dir) as predictions, \
             atomic_folder(paths.metrics_dir / OVERLAYS_DIR) as overlays:
         for i, case in enumerate(tqdm(cases, desc="evaluate", unit="case")):
-            stored_image, stored_gt = open_case(paths.preprocessed_dir, case)
-            image, gt = stored_image.read(), stored_gt.read()
-            raw = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
-                                                precision))
+            # predicted at the training spacing, scored and written on the case's own grid
             entry = manifest[case]
-            spacing = tuple(entry["spacing_mm"])
+            image = open_case(paths.preprocessed_dir, case)[0].read()
+            gt, shape = native_labels(paths.preprocessed_dir, case, entry), native_shape(entry)
+            raw = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
+                                                precision, out_shape=shape))
+            spacing = tuple(entry["native_spacing_mm"])
             pred = postprocessing.apply(raw, pp, spacing)
             per_case[case] = case_scores(pred, gt, spacing)
             raw_case[case] = per_case[case] if pred is raw else case_scores(raw, gt, spacing)
@@ -153,7 +167,8 @@ def evaluate(params: Params) -> dict:
                                np.array(entry["original_affine"]))
             write_nifti(predictions / f"{case}.nii.gz", original, np.array(entry["original_affine"]))
             if i < ep.overlays:
-                overlay(overlays / f"{case}.png", image, gt, pred, case)
+                shown = image if image.shape[1:] == shape else resample.images(image, shape, "linear")
+                overlay(overlays / f"{case}.png", shown, gt, pred, case)
         mean, raw_mean = mean_scores(list(per_case.values())), mean_scores(list(raw_case.values()))
         metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
         metrics["no_postprocessing"] = {key: {r: round(raw_mean[r][key], 4) for r in REGIONS} for key in RAW_KEYS}
@@ -171,8 +186,11 @@ def evaluate(params: Params) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Evaluate stage, or (with --pred/--gt/--out) a BraTS scorer.")
     ap.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions")
-    ap.add_argument("--gt", type=Path, help="folder of case folders holding <case>-seg.nii.gz")
+    ap.add_argument("--gt", type=Path, help="ground truth in any edition's layout (case folders with their seg, "
+                                            "<case>-seg.nii.gz files, a Decathlon task folder)")
     ap.add_argument("--out", type=Path, help="scores JSON to write")
+    ap.add_argument("--labels", choices=tuple(EDITIONS), default="2024",
+                    help="the edition whose label values the predictions hold (predict.py --labels); default 2024")
     ap.add_argument("--only-predicted", action="store_true",
                     help="score only the ground-truth cases that have a prediction (default: all must have one)")
     ap.add_argument("--leaderboard-hd95", action="store_true",
@@ -183,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(given) and not all(given):
         ap.error("--pred, --gt and --out go together")
     if all(given):
-        result = score_folders(args.pred, args.gt, args.leaderboard_hd95, args.only_predicted)
+        result = score_folders(args.pred, args.gt, args.leaderboard_hd95, args.only_predicted, args.labels)
         write_json(args.out, result)
         print(table(result["mean"]))
         if result["unscored"]:

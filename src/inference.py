@@ -38,11 +38,22 @@ def gaussian_weight(patch: tuple[int, int, int], sigma_scale: float = 1 / 8) -> 
 FLIPS: tuple[tuple[int, ...], ...] = tuple(f for k in range(4) for f in itertools.combinations((2, 3, 4), k))
 
 
+def resize(probs: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(R, X, Y, Z) probabilities resampled linearly to spatial `shape`, grids aligned at their outer
+    edges (as src/resample.py resamples images and labels): back to a case's own grid."""
+    if tuple(probs.shape[1:]) == tuple(shape):
+        return probs
+    return torch.nn.functional.interpolate(probs[None], size=tuple(shape), mode="trilinear",
+                                           align_corners=False)[0]
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, image: np.ndarray | torch.Tensor, patch: tuple[int, int, int],
                   overlap: float = 0.5, batch: int = 2, mirror: bool = False,
-                  precision: str = "fp32", batch_flips: bool | None = None) -> torch.Tensor:
-    """Region probabilities (R, X, Y, Z) float32 on the CPU for an image (C, X, Y, Z).
+                  precision: str = "fp32", batch_flips: bool | None = None,
+                  out_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Region probabilities (R, X, Y, Z) float32 on the CPU for an image (C, X, Y, Z), or resampled
+    to `out_shape` (a case's own grid, when the image was resampled to the training spacing).
 
     Windows of `patch` (smaller edges are zero-padded) are run `batch` at a time and blended with a
     Gaussian weight; `mirror` averages over the 8 flips of the three axes (on CUDA, all flips of a
@@ -82,7 +93,8 @@ def predict_probs(model: nn.Module, image: np.ndarray | torch.Tensor, patch: tup
         out /= norm
     model.train(was_training)
     head = (x[:, : shape[0], : shape[1], : shape[2]] != 0).any(dim=0)
-    return (out[:, : shape[0], : shape[1], : shape[2]] * head).cpu().contiguous()
+    probs = out[:, : shape[0], : shape[1], : shape[2]] * head
+    return (resize(probs, out_shape) if out_shape else probs).cpu().contiguous()
 
 
 def _forward(model: nn.Module, windows: torch.Tensor, mirror: bool, precision: str,

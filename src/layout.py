@@ -2,7 +2,10 @@
 
     <preprocessed_dir>/cases/<case>/image.b2nd  (4, X, Y, Z) float16, channels in brats.MODALITIES order
     <preprocessed_dir>/cases/<case>/label.b2nd  (X, Y, Z) uint8 labels 0..4
-    <preprocessed_dir>/manifest.json            per case: patient, crop box, shapes, affine, spacing
+    <preprocessed_dir>/cases/<case>/native_label.b2nd  the labels on the case's own grid (cropped), only
+                                                where preprocess resampled the case (`preprocess.spacing_mm`)
+    <preprocessed_dir>/manifest.json            edition, spacing; per case: patient, crop box, shapes,
+                                                affine, spacing (stored and native)
     <preprocessed_dir>/splits.json              {"train", "val", "test"}: case names, grouped by patient
     <preprocessed_dir>/report.json              counts and skipped cases
 
@@ -33,6 +36,7 @@ from files import read_json
 CASES_DIR = "cases"
 IMAGE_FILE = "image.b2nd"
 LABEL_FILE = "label.b2nd"
+NATIVE_LABEL_FILE = "native_label.b2nd"
 MANIFEST_FILE = "manifest.json"
 SPLITS_FILE = "splits.json"
 REPORT_FILE = "report.json"
@@ -48,9 +52,15 @@ def case_folder(pre_dir: Path, case: str) -> Path:
     return pre_dir / CASES_DIR / case
 
 
+def read_manifest(pre_dir: Path) -> dict:
+    """The whole manifest: `edition`, `labels`, `modalities`, `spacing_mm` (the training spacing
+    preprocess resampled to, or "keep") and `cases`."""
+    return read_json(pre_dir / MANIFEST_FILE, "the case manifest", stage="preprocess")
+
+
 def load_manifest(pre_dir: Path) -> dict[str, dict]:
     """Manifest entries by case name."""
-    return read_json(pre_dir / MANIFEST_FILE, "the case manifest", stage="preprocess")["cases"]
+    return read_manifest(pre_dir)["cases"]
 
 
 def load_split(pre_dir: Path, split: str) -> list[str]:
@@ -119,14 +129,29 @@ class Stored:
             raise _damaged(self.path, f"{type(e).__name__}: {e}") from None
 
 
-def write_case(folder: Path, image: np.ndarray, label: np.ndarray) -> None:
-    """Store one case: the image as prepare.prepare made it (float16), labels as uint8."""
+def write_case(folder: Path, image: np.ndarray, label: np.ndarray, native_label: np.ndarray | None = None) -> None:
+    """Store one case: the image as prepare.prepare made it (float16), labels as uint8, and the labels
+    on the case's own grid where the case was resampled."""
     folder.mkdir(parents=True, exist_ok=True)
     save_array(folder / IMAGE_FILE, image)
     save_array(folder / LABEL_FILE, label.astype(np.uint8))
+    if native_label is not None:
+        save_array(folder / NATIVE_LABEL_FILE, native_label.astype(np.uint8))
 
 
 def open_case(pre_dir: Path, case: str) -> tuple[Stored, Stored]:
     """The (4, X, Y, Z) float16 image and (X, Y, Z) uint8 labels of one case, read lazily."""
     folder = case_folder(pre_dir, case)
     return Stored(folder / IMAGE_FILE), Stored(folder / LABEL_FILE)
+
+
+def native_shape(entry: dict) -> tuple[int, int, int]:
+    """The shape of a case on its own grid (its crop box), from its manifest entry."""
+    return tuple(hi - lo for lo, hi in entry["crop_box"])
+
+
+def native_labels(pre_dir: Path, case: str, entry: dict) -> np.ndarray:
+    """The labels of one case on its own grid (what predictions are scored against), checked."""
+    folder = case_folder(pre_dir, case)
+    resampled = tuple(entry["shape"]) != native_shape(entry)
+    return Stored(folder / (NATIVE_LABEL_FILE if resampled else LABEL_FILE)).read()

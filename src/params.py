@@ -73,12 +73,29 @@ class SynthesizeParams:
     workers: int = _num(1, 256)        # processes; the files do not depend on it
 
 
+Spacing = tuple[float, float, float]
+Keep = Literal["keep"]
+
+
 @dataclass(frozen=True)
 class PreprocessParams:
     workers: int = _num(1, 256)
     on_error: Literal["fail", "skip"]
     val_fraction: float = _num(0.0, 1.0, hi_open=True)
     test_fraction: float = _num(0.0, 1.0, hi_open=True)
+    edition: Literal["auto", "2024", "2023", "2021", "msd"]   # src/editions.py; auto: recognised per folder
+    # Voxel size (mm) the network trains at: keep (the data's own), one number, or [x, y, z] (RAS axes).
+    spacing_mm: float | Spacing | Keep = _num(0.1, 20.0)
+    interpolation: Literal["cubic", "linear"]    # images, when resampled (labels: region by region, linear)
+
+    @property
+    def target_spacing(self) -> Spacing | None:
+        """The spacing to resample to, None to keep each case's own."""
+        if self.spacing_mm == "keep":
+            return None
+        if isinstance(self.spacing_mm, tuple):
+            return self.spacing_mm
+        return (self.spacing_mm,) * 3
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,7 @@ class TrainParams:
     precision: Literal["auto", "bf16", "fp16", "fp32"]   # auto: bf16 on CUDA, fp32 on CPU
     compile: bool
     deterministic: bool
+    init_weights: str                   # "" = random; else a weights file whose tensors start the run
     workers: int = _num(0, 256)
     val_every: int = _num(1)
     val_overlap: float = _num(0.0, 1.0, hi_open=True)
@@ -311,6 +329,8 @@ def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
         return _build(tp, value, key + ".")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in choices:
+            value = str(value)        # `edition: 2021` (YAML reads a number) means the choice "2021"
         if value not in choices:
             raise ParamsError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
@@ -320,6 +340,8 @@ def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
             try:
                 return _convert(alternative, value, key, meta)
             except ParamsError as e:
+                if alternative is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    raise    # a number out of range: that is the one thing to say
                 errors.append(str(e).removeprefix(f"{key}: "))
         raise ParamsError(f"{key}: {'; or '.join(errors)}")
     if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):

@@ -16,25 +16,29 @@ from tqdm import tqdm
 
 from errors import UserError, run_stage
 from inference import predict_probs, probs_to_labels
-from layout import load_manifest, load_split, open_case
+from layout import load_manifest, load_split, native_labels, native_shape, open_case
 from params import Params, load_params
 from postprocessing import FILE, Postprocessing, save, select
 from runtime import default_device, resolve_precision
-from weights import load_model
+from weights import WEIGHTS_FILE, load_model
 
 
 def predict_split(params: Params, split: str, progress: str) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
-    """(prediction, ground truth, spacing) of every case of a split, as the evaluate stage predicts."""
+    """(prediction, ground truth, spacing) of every case of a split on the case's own grid, as the
+    evaluate stage predicts and scores."""
     paths, ep = params.paths, params.evaluate
     device = default_device()
-    model, spec = load_model(paths.models_dir / "model.pt", device)
+    model, spec = load_model(paths.models_dir / WEIGHTS_FILE, device)
     precision = resolve_precision("auto", device)
     manifest = load_manifest(paths.preprocessed_dir)
     out = []
     for case in tqdm(load_split(paths.preprocessed_dir, split), desc=progress, unit="case"):
-        image, gt = (s.read() for s in open_case(paths.preprocessed_dir, case))
-        pred = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror, precision))
-        out.append((pred, gt, tuple(manifest[case]["spacing_mm"])))
+        entry = manifest[case]
+        image = open_case(paths.preprocessed_dir, case)[0].read()
+        gt = native_labels(paths.preprocessed_dir, case, entry)
+        pred = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror, precision,
+                                             out_shape=native_shape(entry)))
+        out.append((pred, gt, tuple(entry["native_spacing_mm"])))
     return out
 
 

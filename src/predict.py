@@ -2,10 +2,13 @@
 
     python src/predict.py --weights models/model.pt --input CASES_DIR --output PRED_DIR
 
-`--input` is one case folder (`BraTS-GLI-PPPPP-VVV/` with the four modalities; no seg needed) or a
-folder of them. Each case is checked as preprocess checks it, prepared the same way (RAS, crop,
-z-score, float16), segmented by sliding-window inference and written as `<output>/<case>.nii.gz`:
-uint8 labels 0-4 on the input's own grid, with its shape and affine. The inference settings (overlap,
+`--input` is one case or a folder of them, in any edition's layout (src/editions.py: a 2023/2024
+case folder, a 2017-2021 one, a Decathlon task or images folder; no seg needed). Each case is checked
+as preprocess checks it, prepared the same way (RAS, crop, resampled to the spacing the weights were
+trained at, z-score, float16), segmented by sliding-window inference, its probabilities resampled
+back to the input's grid, and written as `<output>/<case>.nii.gz`: uint8 labels on the input's own
+grid, with its shape and affine; 2024's labels 0-4, or another edition's values with `--labels`
+(`--labels 2021`: 1 NCR, 2 ED, 4 ET, so that the tools of that year score it). The inference settings (overlap,
 window batch, 8-flip mirroring) are the evaluate stage's, read from params.yaml's `evaluate` section,
 so predict gives the masks the metrics describe; flags override them (`--no-mirror`: 8× faster).
 The post-processing the postprocess stage chose is applied too: `postprocessing.json` beside the
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import platform
 import sys
 import time
@@ -35,31 +37,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brats import is_case_dir
+from editions import EDITIONS, Case, find_cases
 from errors import UserError, run_stage
-from files import atomic_write, check_writable, read_json, write_json
+from files import atomic_write, check_writable, file_sha256, read_json, write_json
 from geometry import restore
 from inference import predict_probs, probs_to_labels
 from nifti import read_case, write_nifti
 from params import PARAMS_FILE, load_params
 import postprocessing
 from postprocessing import Postprocessing
-from prepare import Listing, find_cases, prepare, spacing_of
+from prepare import prepare
 from runtime import resolve_precision
 from tracking import git_commit
 from weights import InferenceSpec, load_model
 
 RECORD_FILE = "predictions.json"
 PROBS_SUFFIX = ".probs.npz"
-
-SPACING_TOLERANCE = 0.1   # relative voxel-size difference from the training data before a warning
-
-
-def case_dirs(path: Path) -> Listing:
-    """`path` itself when it is a case folder, else every entry of the folder (cases and the rest)."""
-    if is_case_dir(path):
-        return Listing([path], {}, {})
-    return find_cases(path, "give --input a case folder (BraTS-GLI-PPPPP-VVV) or a folder of them")
+INPUT_HINT = "give --input a case (a case folder of any BraTS edition, a Decathlon image) or a folder of them"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,23 +64,20 @@ class Settings:
     precision: str
 
 
-def predict_case(model: torch.nn.Module, case_dir: Path, spec: InferenceSpec, settings: Settings,
+def predict_case(model: torch.nn.Module, case: Case, spec: InferenceSpec, settings: Settings,
                  pp: Postprocessing, with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
-    """Label map (uint8) and, when asked, region probabilities (R, ...) as uint8 on the case's own
-    grid; that grid's affine and shape."""
-    raw = read_case(case_dir, with_seg=False)
-    images, _, box, affine = prepare(raw)
-    spacing = np.array(spacing_of(affine))
-    if np.any(np.abs(spacing / np.array(spec.spacing_mm) - 1) > SPACING_TOLERANCE):
-        print(f"warning: {raw.name}: voxel size {tuple(spacing)} mm differs from the training data's "
-              f"{spec.spacing_mm} mm; resample the case to that grid for reliable results", file=sys.stderr)
-    probs = predict_probs(model, images, spec.patch, settings.overlap, settings.batch, settings.mirror,
-                          settings.precision)
-    labels = postprocessing.apply(probs_to_labels(probs), pp, spacing_of(affine))
+    """Label map (uint8, 2024 labels) and, when asked, region probabilities (R, ...) as uint8 on the
+    case's own grid; that grid's affine and shape. The case is resampled to the spacing the weights
+    were trained at, and the probabilities back to its own grid before thresholding."""
+    raw = read_case(case, with_seg=False)
+    prepared = prepare(raw, spec.spacing_mm)
+    probs = predict_probs(model, prepared.image, spec.patch, settings.overlap, settings.batch, settings.mirror,
+                          settings.precision, out_shape=prepared.native_shape)
+    labels = postprocessing.apply(probs_to_labels(probs), pp, prepared.native_spacing)
     shape = raw.images.shape[1:]
-    on_grid = np.stack([restore(p, box, shape, raw.affine) for p in (probs.numpy() * 255).round().astype(np.uint8)]) \
-        if with_probs else None
-    return restore(labels, box, shape, raw.affine), on_grid, raw.affine, shape
+    on_grid = np.stack([restore(p, prepared.box, shape, raw.affine)
+                        for p in (probs.numpy() * 255).round().astype(np.uint8)]) if with_probs else None
+    return restore(labels, prepared.box, shape, raw.affine), on_grid, raw.affine, shape
 
 
 def save_probabilities(path: Path, probs: np.ndarray, regions: tuple[str, ...], affine: np.ndarray) -> None:
@@ -94,14 +85,6 @@ def save_probabilities(path: Path, probs: np.ndarray, regions: tuple[str, ...], 
         with open(tmp, "wb") as f:
             np.savez_compressed(f, probabilities=probs, regions=np.array(regions), affine=affine)
     atomic_write(path, write)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def software() -> dict:
@@ -114,8 +97,13 @@ def software() -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, required=True, help="weights file from the train stage")
-    ap.add_argument("--input", type=Path, required=True, help="a case folder, or a folder of case folders")
+    ap.add_argument("--input", type=Path, required=True,
+                    help="a case (folder of any BraTS edition, or Decathlon image), or a folder of them")
     ap.add_argument("--output", type=Path, required=True, help="folder for <case>.nii.gz predictions")
+    ap.add_argument("--labels", choices=tuple(EDITIONS), default="2024",
+                    help="label values to write: 2024 (0-4, default), 2023 (no RC), 2021 (also 2017-2020: "
+                         "1 NCR, 2 ED, 4 ET) or msd (1 oedema, 2 non-enhancing, 3 enhancing); RC becomes 0 "
+                         "where an edition has no label for it")
     ap.add_argument("--params", type=Path, default=PARAMS_FILE,
                     help="params.yaml whose evaluate section gives the defaults below (default: the repository's)")
     ap.add_argument("--overlap", type=float, help="sliding-window overlap (default: evaluate.overlap)")
@@ -180,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(args)
     model, spec = load_model(args.weights, args.device)
     pp, pp_file = postprocessing_for(args, spec.regions)
-    listing = case_dirs(args.input)
+    listing = find_cases(args.input, INPUT_HINT)
     cases = listing.cases
     for name, reason in listing.ignored.items():
         print(f"ignored {args.input / name}: {reason}", file=sys.stderr)
@@ -194,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"weights": {"path": str(args.weights), "sha256": file_sha256(args.weights),
                           "inference": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(spec).items()}},
-              "settings": {**dataclasses.asdict(settings), "device": str(args.device),
+              "settings": {**dataclasses.asdict(settings), "device": str(args.device), "labels": args.labels,
                            "probabilities": args.save_probabilities,
                            "postprocessing": {"file": pp_file, "min_mm3": pp.min_mm3}},
               "software": software(), "cases": {}, "failed": {}}
@@ -202,27 +190,27 @@ def main(argv: list[str] | None = None) -> int:
     for reason in failed.values():
         print(f"error: {reason}", file=sys.stderr)
     skipped = 0
-    for case_dir in tqdm(cases, desc="predict", unit="case"):
-        out = args.output / f"{case_dir.name}.nii.gz"
-        probs_out = args.output / f"{case_dir.name}{PROBS_SUFFIX}"
+    for case in tqdm(cases, desc="predict", unit="case"):
+        out = args.output / f"{case.name}.nii.gz"
+        probs_out = args.output / f"{case.name}{PROBS_SUFFIX}"
         if not args.overwrite and out.exists() and (probs_out.exists() or not args.save_probabilities):
             skipped += 1
-            if case_dir.name in previous:
-                record["cases"][case_dir.name] = previous[case_dir.name]
+            if case.name in previous:
+                record["cases"][case.name] = previous[case.name]
             continue
         start = time.perf_counter()
         try:
-            labels, probs, affine, shape = predict_case(model, case_dir, spec, settings, pp, args.save_probabilities)
+            labels, probs, affine, shape = predict_case(model, case, spec, settings, pp, args.save_probabilities)
         except UserError as e:
             if args.fail_fast:
                 raise
-            failed[case_dir.name] = str(e)
+            failed[case.name] = str(e)
             print(f"error: {e}", file=sys.stderr)
             continue
         if args.save_probabilities:
             save_probabilities(probs_out, probs, spec.regions, affine)
-        write_nifti(out, labels, affine)
-        record["cases"][case_dir.name] = {"input_shape": list(shape), "input_affine": affine.round(6).tolist(),
+        write_nifti(out, EDITIONS[args.labels].from_2024(labels), affine)
+        record["cases"][case.name] = {"input_shape": list(shape), "input_affine": affine.round(6).tolist(),
                                           "seconds": round(time.perf_counter() - start, 3)}
         record["failed"] = failed
         write_json(record_path, record)        # after every case: an interrupted run keeps its record

@@ -1,44 +1,16 @@
 """What turns a raw BraTS case into the network's input, for training (preprocess) and prediction
-(predict) alike: find the case folders, reorient to RAS, crop to the head, z-score inside the head."""
+(predict) alike: reorient to RAS, crop to the head, resample to the training spacing when asked,
+z-score inside the head."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from brats import is_case_dir
-from errors import UserError
+import resample
 from geometry import Box, crop, foreground_box, to_canonical
 from nifti import CaseError, RawCase
-
-
-@dataclass(frozen=True)
-class Listing:
-    """Every entry of an input folder: the case folders, and why each other entry is not one."""
-    cases: list[Path]
-    misnamed: dict[str, str]   # folders named like a case that do not follow the BraTS id pattern
-    ignored: dict[str, str]    # anything else (files, other folders)
-
-
-def find_cases(folder: Path, hint: str) -> Listing:
-    """Case folders (BraTS-GLI-PPPPP-VVV) directly under `folder`, sorted by name, and the other
-    entries with the reason they are left out; `hint` says how the user points at another folder."""
-    if not folder.is_dir():
-        raise UserError(f"{folder} does not exist or is not a folder; {hint}")
-    cases, misnamed, ignored = [], {}, {}
-    for entry in sorted(folder.iterdir()):
-        if is_case_dir(entry):
-            cases.append(entry)
-        elif entry.is_dir() and entry.name.startswith("BraTS-"):
-            misnamed[entry.name] = (f"{entry.name}: named like a case but not BraTS-GLI-PPPPP-VVV (5-digit "
-                                    "patient, 3-digit visit); rename the folder and its files")
-        else:
-            ignored[entry.name] = "not a case folder" if entry.is_dir() else "a file, not a case folder"
-    if not cases and not misnamed:
-        raise UserError(f"no case folders named like BraTS-GLI-00000-100 in {folder}; {hint}")
-    return Listing(cases, misnamed, ignored)
 
 
 # Precision of the network's input as stored and predicted from: z-scores lose at most ~1e-3 of a
@@ -58,11 +30,31 @@ def zscore(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare(raw: RawCase) -> tuple[np.ndarray, np.ndarray | None, Box, np.ndarray]:
-    """Reorient to RAS, crop to the head, z-score, round to float16: the network's input, as training
-    and prediction both need it (so predict sees exactly what evaluate reads back from the preprocessed
-    store). Returns images (4, x, y, z) float16, labels (x, y, z) or None, the crop box and the
-    canonical affine."""
+@dataclass(frozen=True)
+class Prepared:
+    """A case as the network sees it, and what maps it back to the source file's grid."""
+    image: np.ndarray            # (4, x, y, z) float16 z-scores at `spacing`
+    labels: np.ndarray | None    # (x, y, z) uint8 at `spacing`, or None without a seg
+    native_labels: np.ndarray | None   # the same on the native grid (the crop of the canonical source)
+    box: Box                     # the crop, in the canonical source grid
+    affine: np.ndarray           # canonical affine of the source grid (voxel -> mm)
+    spacing: tuple[float, float, float]   # voxel size of `image`
+    native_spacing: tuple[float, float, float]
+
+    @property
+    def native_shape(self) -> tuple[int, int, int]:
+        return tuple(hi - lo for lo, hi in self.box)
+
+    @property
+    def resampled(self) -> bool:
+        return tuple(self.image.shape[1:]) != self.native_shape
+
+
+def prepare(raw: RawCase, spacing: tuple[float, float, float] | None = None,
+            interpolation: str = "cubic") -> Prepared:
+    """Reorient to RAS, crop to the head, resample to `spacing` (None, or a spacing that leaves the
+    shape as it is: no resampling), z-score, round to float16: the network's input, as training and
+    prediction both need it (so predict sees exactly what evaluate reads back from the store)."""
     images, affine = to_canonical(raw.images, raw.affine)
     labels = to_canonical(raw.seg, raw.affine)[0] if raw.seg is not None else None
     try:
@@ -70,14 +62,25 @@ def prepare(raw: RawCase) -> tuple[np.ndarray, np.ndarray | None, Box, np.ndarra
     except ValueError as e:
         raise CaseError(f"{raw.name}: {e}") from None
     images = crop(images, box)
-    labels = np.ascontiguousarray(crop(labels, box)) if labels is not None else None
-    normalised = zscore(images, np.any(images != 0, axis=0))
+    native_labels = np.ascontiguousarray(crop(labels, box)) if labels is not None else None
+    labels = native_labels
+    native_spacing = stored_spacing = spacing_of(affine)
+    head = np.any(images != 0, axis=0)
+    native_shape = head.shape
+    shape = resample.target_shape(native_shape, native_spacing, spacing) if spacing else native_shape
+    if shape != native_shape:
+        images = resample.images(images, shape, interpolation)
+        head = resample.mask(head, shape)
+        images *= head                     # the spline rings outside the head: keep it exactly zero
+        labels = resample.labels(labels, shape) if labels is not None else None
+        stored_spacing = resample.spacing_after(native_shape, native_spacing, shape)
+    normalised = zscore(images, head)
     with np.errstate(over="ignore"):
         stored = normalised.astype(INPUT_DTYPE)
     if not np.isfinite(stored).all():
         raise CaseError(f"{raw.name}: an intensity lies over {np.finfo(INPUT_DTYPE).max:g} standard deviations "
                         "from its modality's mean inside the head; check the scan for corrupt voxels")
-    return stored, labels, box, affine
+    return Prepared(stored, labels, native_labels, box, affine, stored_spacing, native_spacing)
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:

@@ -1,12 +1,14 @@
 """Stage `preprocess`: validate raw BraTS cases and store them ready for training.
 
-For every case folder under `paths.raw_dir` (synthetic or real BraTS 2024):
-  validate (four modalities, one grid, finite values, labels 0..4) ->
-  reorient to RAS -> crop to the head (non-zero) box -> z-score each modality inside the head ->
+For every case under `paths.raw_dir` (synthetic, or real BraTS of any edition: src/editions.py):
+  validate (four modalities, one grid, finite values, the edition's labels, mapped to 2024's) ->
+  reorient to RAS -> crop to the head (non-zero) box -> resample to `preprocess.spacing_mm` (unless
+  keep) -> z-score each modality inside the head ->
   `<preprocessed_dir>/cases/<case>/image.b2nd` (4, X, Y, Z) float16 and `label.b2nd` (X, Y, Z) uint8,
-  chunked and compressed (src/layout.py), so a training worker cuts a patch without reading the case.
-Then `manifest.json` (patient, crop box, original shape and affine of each case), `splits.json`
-(a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
+  chunked and compressed (src/layout.py), so a training worker cuts a patch without reading the case;
+  a resampled case also keeps its labels on its own grid (`native_label.b2nd`), to score against.
+Then `manifest.json` (edition, spacing; patient, crop box, original shape and affine of each case),
+`splits.json` (a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
 
 The whole output is written beside `preprocessed_dir` and swapped in at the end, so an earlier output
 is replaced only by a complete new one. Only problems of an input case are skipped (with
@@ -24,17 +26,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from brats import EDITION, LABELS, MODALITIES, patient_of
+from brats import EDITION, LABELS, MODALITIES
+from editions import Case, edition_of, find_cases
 from errors import UserError, describe_os_error, run_stage
 from files import atomic_folder, write_json
 from layout import CASES_DIR, MANIFEST_FILE, REPORT_FILE, SPLITS_FILE, write_case
 from nifti import CaseError, read_case
 from parallel import run_each
 from params import Params, PreprocessParams, load_params
-from prepare import find_cases, prepare, spacing_of
+from prepare import prepare
 
 RAW_DIR_HINT = ("run `dvc repro synthesize` for the synthetic set, or set paths.raw_dir in params.yaml to "
-                "the folder that holds your BraTS 2024 case folders")
+                "the folder that holds your BraTS cases (any edition: README, real data)")
 SKIP_HINT = "(set preprocess.on_error: skip in params.yaml to leave failing cases out and list them in the report)"
 
 
@@ -45,41 +48,45 @@ class Outcome:
     error: str | None    # what is wrong with the input case when it was not
 
 
-def preprocess_case(case_dir: Path, out_dir: Path) -> dict:
-    """Validate, reorient, crop and normalise one case; write it into `out_dir` (the stage swaps the
-    whole output in at the end); return its manifest entry. A problem of the case raises CaseError;
-    a failure to write raises UserError (not skippable)."""
-    raw = read_case(case_dir, with_seg=True)
-    images, labels, box, affine = prepare(raw)
+def preprocess_case(case: Case, out_dir: Path, spacing: tuple[float, float, float] | None = None,
+                    interpolation: str = "cubic") -> dict:
+    """Validate, reorient, crop, resample and normalise one case; write it into `out_dir` (the stage
+    swaps the whole output in at the end); return its manifest entry. A problem of the case raises
+    CaseError; a failure to write raises UserError (not skippable)."""
+    raw = read_case(case, with_seg=True)
+    prepared = prepare(raw, spacing, interpolation)
     try:
-        write_case(out_dir / raw.name, images, labels)
+        write_case(out_dir / raw.name, prepared.image, prepared.labels,
+                   prepared.native_labels if prepared.resampled else None)
     except OSError as e:
         raise UserError(f"{raw.name}: cannot write the preprocessed case: {describe_os_error(e)}") from None
     return {
-        "patient": patient_of(raw.name),
-        "crop_box": [list(b) for b in box],
-        "shape": list(labels.shape),
+        "patient": case.patient,
+        "edition": raw.edition,
+        "crop_box": [list(b) for b in prepared.box],
+        "shape": list(prepared.labels.shape),
         "original_shape": list(raw.seg.shape),
         "original_affine": raw.affine.round(6).tolist(),
-        "spacing_mm": list(spacing_of(affine)),
-        "label_voxels": np.bincount(labels.ravel(), minlength=len(LABELS)).tolist(),
+        "spacing_mm": list(prepared.spacing),
+        "native_spacing_mm": list(prepared.native_spacing),
+        "label_voxels": np.bincount(prepared.native_labels.ravel(), minlength=len(LABELS)).tolist(),
     }
 
 
-def _work(job: tuple[Path, Path]) -> Outcome:
+def _work(job: tuple[Case, Path, PreprocessParams]) -> Outcome:
     """One case; only a problem of the case itself becomes an Outcome, anything else stops the stage."""
-    case_dir, out_dir = job
+    case, out_dir, p = job
     try:
-        return Outcome(case_dir.name, preprocess_case(case_dir, out_dir), None)
+        return Outcome(case.name, preprocess_case(case, out_dir, p.target_spacing, p.interpolation), None)
     except CaseError as e:
-        return Outcome(case_dir.name, None, str(e))
+        return Outcome(case.name, None, str(e))
 
 
-def run_cases(case_dirs: list[Path], out_dir: Path, p: PreprocessParams) -> list[Outcome]:
+def run_cases(cases: list[Case], out_dir: Path, p: PreprocessParams) -> list[Outcome]:
     """Process cases on `p.workers` processes; with on_error=fail, stop at the first bad case."""
     outcomes = []
-    with tqdm(total=len(case_dirs), desc="preprocess", unit="case") as bar:
-        jobs = [(c, out_dir) for c in case_dirs]
+    with tqdm(total=len(cases), desc="preprocess", unit="case") as bar:
+        jobs = [(c, out_dir, p) for c in cases]
         for outcome in run_each(_work, jobs, min(p.workers, len(jobs)), lambda job: job[0].name, "preprocess"):
             bar.update()
             if outcome.error and p.on_error == "fail":
@@ -115,7 +122,7 @@ def split_cases(manifest: dict[str, dict], p: PreprocessParams, seed: int) -> di
 def preprocess(params: Params) -> dict:
     """The whole stage, written beside `preprocessed_dir` and swapped in when complete; returns the report."""
     raw_dir, out_dir = params.paths.raw_dir, params.paths.preprocessed_dir
-    listing = find_cases(raw_dir, RAW_DIR_HINT)
+    listing = find_cases(raw_dir, RAW_DIR_HINT, params.preprocess.edition)
     if listing.misnamed and params.preprocess.on_error == "fail":
         raise CaseError(f"{next(iter(listing.misnamed.values()))}\n{SKIP_HINT}")
     try:
@@ -128,8 +135,10 @@ def preprocess(params: Params) -> dict:
                 raise UserError(f"no case of {raw_dir} could be preprocessed:\n{reasons}")
             splits = split_cases(manifest, params.preprocess, params.base.seed)
             # No absolute paths in outputs: their hashes must not depend on where the repository lives.
-            write_json(tmp / MANIFEST_FILE, {"edition": EDITION, "modalities": list(MODALITIES),
-                                             "cases": manifest})
+            target = params.preprocess.target_spacing
+            write_json(tmp / MANIFEST_FILE, {"edition": edition_of(listing), "labels": EDITION,
+                                             "modalities": list(MODALITIES),
+                                             "spacing_mm": list(target) if target else "keep", "cases": manifest})
             write_json(tmp / SPLITS_FILE, splits)
             report = {"processed": len(manifest), "skipped": skipped,
                       "split_sizes": {k: len(v) for k, v in splits.items()}}

@@ -58,14 +58,27 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_data_resampled(tiny_data, tmp_path_factory) -> Path:
+    """The tiny configuration's synthetic cases (4 mm) preprocessed at 5 mm (`preprocess.spacing_mm`)."""
+    from preprocess import preprocess
+    root = tmp_path_factory.mktemp("tiny5mm")
+    params = load_params(write_params(root / "params.yaml", {
+        **TINY, "preprocess.spacing_mm": 5.0, "paths.raw_dir": str(tiny_data / "data" / "synthetic"),
+        "paths.synthetic_dir": str(tiny_data / "data" / "synthetic")}))
+    preprocess(params)
+    return root
+
+
 @pytest.fixture
 def tiny_params(tiny_data, tmp_path):
-    """Params for a tiny training run (Adam's keys set): data from tiny_data, outputs in tmp_path."""
-    def build(**overrides):
-        paths = {"paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed"),
+    """Params for a tiny training run (Adam's keys set): data from tiny_data (or another such root
+    given as `data=`), outputs in tmp_path."""
+    def build(data: Path = tiny_data, **overrides):
+        paths = {"paths.preprocessed_dir": str(data / "data" / "preprocessed"),
                  "paths.models_dir": str(tmp_path / "models"), "paths.metrics_dir": str(tmp_path / "metrics"),
                  "paths.resume_dir": str(tmp_path / "checkpoints"),
                  "paths.predictions_dir": str(tmp_path / "predictions"), "paths.tune_dir": str(tmp_path / "tune"),
                  "paths.live_dir": str(tmp_path / "dvclive"), "paths.model_card": str(tmp_path / "MODEL_CARD.md")}
-        return load_params(tiny_data / "params.yaml", {**ADAM, **paths, **dotted(overrides)})
+        return load_params(data / "params.yaml", {**ADAM, **paths, **dotted(overrides)})
     return build

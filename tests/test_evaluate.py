@@ -110,8 +110,11 @@ def test_flags_go_together(tmp_path):
         evaluate.main(["--pred", str(tmp_path)])
 
 
-def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
-    params = tiny_params()
+@pytest.mark.parametrize("resampled", [False, True])
+def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
+    # resampled: the 4 mm cases trained at 5 mm, predicted, scored and written on their own 4 mm grid
+    data = request.getfixturevalue("tiny_data_resampled") if resampled else tiny_data
+    params = tiny_params(data=data)
     train.train(params)
     postprocess.postprocess(params)
     pp_file = params.paths.models_dir / postprocessing.FILE
@@ -128,7 +131,9 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
     card = params.paths.model_card.read_text()
     assert "Not for diagnosis" in card and "ET 1e+09 mm³" in card and "Apache-2.0" in card
     assert f"| WT | {written['iou']['WT']:.3f} |" in card and "t1n, t1c, t2w, t2f" in card
-    test_cases = json.loads((tiny_data / "data" / "preprocessed" / "splits.json").read_text())["test"]
+    test_cases = json.loads((data / "data" / "preprocessed" / "splits.json").read_text())["test"]
+    spacing = torch_load_spacing(params.paths.models_dir / "model.pt")
+    assert spacing == ([5.0] * 3 if resampled else [4.0] * 3)
     rows = list(csv.DictReader(open(params.paths.metrics_dir / "evaluate_cases.csv")))
     assert [r["case"] for r in rows] == test_cases and written["cases"] == len(test_cases)
     assert len(list((params.paths.metrics_dir / "overlays").glob("*.png"))) == min(params.evaluate.overlays,
@@ -149,11 +154,16 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path):
     # predict.py as the README's new-machine recipe runs it (defaults only) gives the same masks
     import predict
     assert predict.main(["--weights", str(params.paths.models_dir / "model.pt"), "--input", str(gt_dir),
-                         "--output", str(tmp_path / "predicted"), "--params", str(tiny_data / "params.yaml")]) == 0
+                         "--output", str(tmp_path / "predicted"), "--params", str(data / "params.yaml")]) == 0
     for case in test_cases:
         ours = np.asanyarray(nib.load(tmp_path / "predicted" / f"{case}.nii.gz").dataobj)
         stage = np.asanyarray(nib.load(params.paths.predictions_dir / f"{case}.nii.gz").dataobj)
         assert np.array_equal(ours, stage), case
+
+
+def torch_load_spacing(path) -> list[float]:
+    import torch
+    return list(torch.load(path, weights_only=True)["inference"]["spacing_mm"])
 
 
 def test_leaderboard_hd95_flag_reaches_the_scores(tmp_path):

@@ -22,11 +22,12 @@ ORIGIN = {"training_data": {"path": "data/preprocessed", "md5": None}, "code": {
 
 @pytest.fixture
 def weights(tmp_path) -> str:
-    """A small untrained network saved as the train stage saves weights (patch 48)."""
+    """A small untrained network saved as the train stage saves weights (patch 48, trained at 4 mm as
+    the small synthetic cases are: other inputs are resampled to 4 mm)."""
     torch.manual_seed(0)
     config = ModelParams(base_width=4, max_width=8, depth=3, norm="instance", deep_supervision=False)
     path = tmp_path / "model.pt"
-    save(path, weights_payload(UNet3D(config).state_dict(), config, current_spec((48, 48, 48), (1.0, 1.0, 1.0)),
+    save(path, weights_payload(UNet3D(config).state_dict(), config, current_spec((48, 48, 48), (4.0, 4.0, 4.0)),
                                {}, epoch=1, val={}, origin=ORIGIN))
     return str(path)
 
@@ -146,13 +147,18 @@ def test_weights_of_an_older_format_or_other_regions_are_refused(tmp_path):
                 "params": {"train.patch": [48, 48, 48]}, "epoch": 1, "val": {}}, old)
     with pytest.raises(UserError, match=r"old\.pt is not of format 3 \(found format none.*retrain"):
         predict.main(["--weights", str(old), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
-    spec = current_spec((48, 48, 48), (1.0, 1.0, 1.0))
+    spec = current_spec((48, 48, 48), (4.0, 4.0, 4.0))
     no_provenance = weights_payload(UNet3D(config).state_dict(), config, spec, {}, 1, {}, ORIGIN)
     del no_provenance["provenance"]
     no_provenance["format"] = 2                    # as the train stage wrote weights before provenance
     save(tmp_path / "v2.pt", no_provenance)
-    with pytest.raises(UserError, match=r"v2\.pt is not of format 3 \(found format 2: .*without the provenance"):
+    with pytest.raises(UserError, match=r"v2\.pt is not of format 3 \(found format 2: .*older version"):
         predict.main(["--weights", str(tmp_path / "v2.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    no_inference = weights_payload(UNet3D(config).state_dict(), config, spec, {}, 1, {}, ORIGIN)
+    del no_inference["inference"]                  # format 3, but a section is missing: say which
+    save(tmp_path / "cut.pt", no_inference)
+    with pytest.raises(UserError, match=r"cut\.pt is of format 3 but lacks inference \(damaged"):
+        predict.main(["--weights", str(tmp_path / "cut.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     other = tmp_path / "other.pt"
     save(other, weights_payload(UNet3D(config).state_dict(), config, spec.__class__(
         spec.patch, ("WT", "TC", "ET", "NETC"), spec.modalities, spec.spacing_mm, spec.edition), {}, 1, {}, ORIGIN))
@@ -177,7 +183,7 @@ def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weigh
     assert np.array_equal(read("a"), read("b"))
     record = json.loads((tmp_path / "a" / "predictions.json").read_text())
     assert record["settings"] == {"overlap": 0.25, "batch": 3, "mirror": True, "precision": "fp32", "device": "cpu",
-                                  "probabilities": False,
+                                  "probabilities": False, "labels": "2024",
                                   "postprocessing": {"file": None, "min_mm3": Postprocessing.none().min_mm3}}
     assert record["weights"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
     assert record["weights"]["inference"]["patch"] == [48, 48, 48]

@@ -16,7 +16,8 @@ from geometry import restore, to_canonical
 from helpers import write_case
 from layout import IMAGE_FILE, LABEL_FILE, Stored
 from nifti import CaseError, read_case, write_nifti
-from prepare import find_cases, zscore
+from editions import case_at, find_cases
+from prepare import zscore
 from preprocess import RAW_DIR_HINT, preprocess, preprocess_case, split_patients
 
 CASE = "BraTS-GLI-00001-100"
@@ -34,7 +35,7 @@ def rewrite(case_dir: Path, suffix: str, array: np.ndarray, affine: np.ndarray |
 
 
 def test_valid_case_reads(one_case, small_case):
-    raw = read_case(one_case, with_seg=True)
+    raw = read_case(case_at(one_case), with_seg=True)
     np.testing.assert_array_equal(raw.images, small_case[0])
     np.testing.assert_array_equal(raw.seg, small_case[1])
 
@@ -42,21 +43,21 @@ def test_valid_case_reads(one_case, small_case):
 def test_missing_modality(one_case):
     (one_case / f"{CASE}-t2f.nii.gz").unlink()
     with pytest.raises(CaseError, match=rf"{CASE}: missing file {CASE}-t2f\.nii\.gz"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_missing_seg_only_matters_when_asked(one_case):
     (one_case / f"{CASE}-seg.nii.gz").unlink()
-    assert read_case(one_case, with_seg=False).seg is None
+    assert read_case(case_at(one_case), with_seg=False).seg is None
     with pytest.raises(CaseError, match=rf"missing file {CASE}-seg"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_shape_mismatch(one_case, small_case):
     rewrite(one_case, "t1c", small_case[0][1][:-1])
     with pytest.raises(CaseError, match=rf"{CASE}: {CASE}-t1c\.nii\.gz has shape \(39, 48, 40\) but "
                                         rf"{CASE}-t1n\.nii\.gz has \(40, 48, 40\)"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_affine_mismatch(one_case, small_case):
@@ -64,14 +65,14 @@ def test_affine_mismatch(one_case, small_case):
     shifted[0, 3] += 2.0
     rewrite(one_case, "t2w", small_case[0][2], shifted)
     with pytest.raises(CaseError, match=rf"{CASE}: the affine of {CASE}-t2w\.nii\.gz differs .* by up to 2 mm"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_affine_within_tolerance_is_accepted(one_case, small_case):
     nudged = small_case[2].copy()
     nudged[1, 3] += 1e-5   # header rounding, as real files have
     rewrite(one_case, "t2w", small_case[0][2], nudged)
-    read_case(one_case, with_seg=True)
+    read_case(case_at(one_case), with_seg=True)
 
 
 def test_truncated_file(one_case):
@@ -79,13 +80,13 @@ def test_truncated_file(one_case):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CaseError, match=rf"{CASE}: cannot read {CASE}-t1n\.nii\.gz.*truncated or corrupt"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_not_gzip_at_all(one_case):
     (one_case / f"{CASE}-t1c.nii.gz").write_bytes(b"this is not a NIfTI file")
     with pytest.raises(CaseError, match=rf"cannot read {CASE}-t1c\.nii\.gz"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_nan_voxels(one_case, small_case):
@@ -94,27 +95,27 @@ def test_nan_voxels(one_case, small_case):
     image[11, 10, 10] = np.inf
     rewrite(one_case, "t2f", image)
     with pytest.raises(CaseError, match=rf"{CASE}: {CASE}-t2f\.nii\.gz has 2 NaN or infinite voxels"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_label_5(one_case, small_case):
     seg = small_case[1].copy()
     seg[20, 20, 20] = 5
     rewrite(one_case, "seg", seg)
-    with pytest.raises(CaseError, match=rf"{CASE}: {CASE}-seg\.nii\.gz: label value 5 is not a BraTS 2024 label"):
-        read_case(one_case, with_seg=True)
+    with pytest.raises(CaseError, match=rf"{CASE}: {CASE}-seg\.nii\.gz: label value 5 is not a BraTS 2024 GLI label"):
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_negative_label(one_case, small_case):
     rewrite(one_case, "seg", small_case[1].astype(np.int16) - 1)
     with pytest.raises(CaseError, match="label value -1"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_float_label_file_is_rounded(one_case, small_case):
     wobble = np.random.default_rng(0).uniform(-1e-6, 1e-6, small_case[1].shape)   # float noise: 2.0000001
     rewrite(one_case, "seg", (small_case[1] + wobble).astype(np.float32))
-    raw = read_case(one_case, with_seg=True)
+    raw = read_case(case_at(one_case), with_seg=True)
     assert raw.seg.dtype == np.uint8
     np.testing.assert_array_equal(raw.seg, small_case[1])
 
@@ -124,7 +125,7 @@ def test_fractional_label_is_refused_not_rounded(one_case, small_case):
     seg[20, 20, 20] = 2.5
     rewrite(one_case, "seg", seg)
     with pytest.raises(CaseError, match=rf"{CASE}-seg\.nii\.gz: label value 2.5 is not a whole number"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def test_one_absurd_intensity_is_refused(one_case, small_case):
@@ -132,16 +133,16 @@ def test_one_absurd_intensity_is_refused(one_case, small_case):
     image[20, 20, 20] = 1e30                 # would flatten the whole channel after z-scoring
     rewrite(one_case, "t1c", image)
     with pytest.raises(CaseError, match=rf"{CASE}: {CASE}-t1c\.nii\.gz has 1 voxel\(s\) above 1000 × the head's"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
     image[20, 20, 20] = 5 * small_case[0][1].max()      # bright, but plausible
     rewrite(one_case, "t1c", image)
-    read_case(one_case, with_seg=True)
+    read_case(case_at(one_case), with_seg=True)
 
 
 def test_4d_volume_is_refused(one_case, small_case):
     rewrite(one_case, "t1n", np.stack([small_case[0][0]] * 2, axis=-1))
     with pytest.raises(CaseError, match=r"has shape \(40, 48, 40, 2\); a 3D volume is expected"):
-        read_case(one_case, with_seg=True)
+        read_case(case_at(one_case), with_seg=True)
 
 
 def lps_copy(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,7 +159,7 @@ def test_non_ras_input_gives_the_same_arrays_as_ras(tmp_path, small_case):
     lps_dir = write_case(tmp_path / "raw", "BraTS-GLI-00002-100", *lps_copy(images, labels))
     out = tmp_path / "out"
     out.mkdir()
-    ras_entry, lps_entry = preprocess_case(ras_dir, out), preprocess_case(lps_dir, out)
+    ras_entry, lps_entry = preprocess_case(case_at(ras_dir), out), preprocess_case(case_at(lps_dir), out)
     for name in (IMAGE_FILE, LABEL_FILE):
         np.testing.assert_array_equal(Stored(out / ras_dir.name / name).read(),
                                       Stored(out / lps_dir.name / name).read())
@@ -176,7 +177,7 @@ def test_manifest_round_trip_rebuilds_the_original_labels(tmp_path, small_case, 
     case_dir = write_case(tmp_path / "raw", CASE, images, labels, affine)
     out = tmp_path / "out"
     out.mkdir()
-    entry = json.loads(json.dumps(preprocess_case(case_dir, out)))  # as read back from manifest.json
+    entry = json.loads(json.dumps(preprocess_case(case_at(case_dir), out)))  # as read back from manifest.json
     cropped = Stored(out / CASE / LABEL_FILE).read()
     rebuilt = restore(cropped, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),
                       np.array(entry["original_affine"]))
@@ -188,7 +189,7 @@ def test_manifest_round_trip_rebuilds_the_original_labels(tmp_path, small_case, 
 def test_stored_case_is_cropped_and_zscored_inside_the_head(tmp_path, one_case, small_case):
     out = tmp_path / "out"
     out.mkdir()
-    entry = preprocess_case(one_case, out)
+    entry = preprocess_case(case_at(one_case), out)
     image = Stored(out / CASE / IMAGE_FILE).read()
     assert image.dtype == np.float16 and image.shape[0] == 4
     # independent expectation: canonical raw images, cropped by the recorded box
@@ -406,7 +407,7 @@ def test_raw_folder_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist.*paths.raw_dir"):
         find_cases(tmp_path / "missing", RAW_DIR_HINT)
     (tmp_path / "empty" / "not-a-case").mkdir(parents=True)
-    with pytest.raises(UserError, match="no case folders named like BraTS-GLI-00000-100"):
+    with pytest.raises(UserError, match="no BraTS cases in .*BraTS-GLI-00000-100"):
         find_cases(tmp_path / "empty", RAW_DIR_HINT)
 
 
@@ -416,5 +417,5 @@ def test_all_zero_case(tmp_path, small_case):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(CaseError, match=f"{CASE}: the images are zero everywhere"):
-        preprocess_case(case_dir, out)
+        preprocess_case(case_at(case_dir), out)
     shutil.rmtree(out)

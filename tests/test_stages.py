@@ -58,3 +58,12 @@ def test_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write the preprocessed data: ") and "blocker" in last, last
+
+
+@pytest.mark.slow
+def test_a_spacing_of_zero_is_one_line_naming_the_key(tmp_path):
+    repo = checkout(tmp_path, {**TINY, "preprocess.spacing_mm": 0})
+    done = run(repo, "preprocess")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: preprocess.spacing_mm: 0.0 is out of range; must be ≥ 0.1"
+    assert not (repo / "data").exists()
