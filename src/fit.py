@@ -8,15 +8,20 @@ tracking and writing outputs belong to the train stage; the study belongs to the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
@@ -26,13 +31,15 @@ from augment import collate, to_batch
 from brats import labels_to_regions
 from dataset import PatchDataset
 from errors import UserError
+from files import file_sha256
 from inference import predict_probs, probs_to_labels
 from layout import MANIFEST_FILE, SPLITS_FILE, open_case
 from losses import combined_loss, deep_supervision_loss
 from metrics import mean_scores, region_scores
 from model import UNet3D
-from params import LossParams, Params, flat_params
-from runtime import Runtime, autocast_for
+from params import ROOT, LossParams, Params, flat_params
+from runtime import Runtime, autocast_for, memory_format
+from weights import read
 
 
 class TrainingDiverged(UserError):
@@ -75,7 +82,18 @@ def fingerprint(params: Params) -> str:
             digest.update((pre / name).read_bytes())
         except FileNotFoundError:
             raise UserError(f"{pre / name} not found: run `dvc repro preprocess` first") from None
+    init = init_weights(params)
+    if init is not None and init.exists():
+        digest.update(file_sha256(init).encode())
     return digest.hexdigest()
+
+
+def init_weights(params: Params) -> Path | None:
+    """The weights file training starts from (`train.init_weights`, relative to the repository), or None."""
+    if not params.train.init_weights:
+        return None
+    path = Path(params.train.init_weights)
+    return path if path.is_absolute() else ROOT / path
 
 
 def lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
@@ -113,7 +131,10 @@ def build(params: Params, rt: Runtime, train_cases: list[str]) -> Parts:
     """Network (seeded by base.seed), Adam with the resolved lr/betas/decay, schedule, loader."""
     tp = params.train
     torch.manual_seed(params.base.seed)
-    model = UNet3D(params.model).to(rt.device)
+    model = UNet3D(params.model)
+    if tp.init_weights:
+        start_from(model, params)
+    model = model.to(rt.device, memory_format=memory_format(rt.device))
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, betas=(params.beta1, params.beta2),
                                  weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
@@ -128,10 +149,24 @@ def build(params: Params, rt: Runtime, train_cases: list[str]) -> Parts:
     return Parts(model, step_model, optimizer, scheduler, scaler, dataset, loader)
 
 
+def start_from(model: torch.nn.Module, params: Params) -> None:
+    """Load `train.init_weights` (a weights file of the same network, e.g. trained on the synthetic
+    set) into `model`: fine-tuning instead of a random start."""
+    path = init_weights(params)
+    if not path.is_file():
+        raise UserError(f"train.init_weights: {path} not found; give a weights file of this project "
+                        "(`dvc pull` it if it is DVC-tracked), or \"\" for a random start")
+    saved = read(path)
+    if saved["model"] != dataclasses.asdict(params.model):
+        raise UserError(f"train.init_weights: {path} holds a network of {saved['model']}, but model in params.yaml "
+                        f"is {dataclasses.asdict(params.model)}; start from weights of the same network")
+    model.load_state_dict(saved["state_dict"])
+
+
 def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossParams,
                  device: torch.device, precision: str) -> torch.Tensor:
     """One batch's loss: images (B, 4, P, P, P) and labels (B, P, P, P) in, scalar out."""
-    x = x.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True, memory_format=memory_format(device))
     target = labels_to_regions(y.to(device, non_blocking=True)).transpose(0, 1)  # (B, R, P, P, P) bool
     with autocast_for(device, precision):
         out = model(x)
@@ -153,6 +188,22 @@ def validate(model: torch.nn.Module, params: Params, rt: Runtime, cases: list[st
     return flat
 
 
+@contextmanager
+def compile_errors(compiled: bool):
+    """torch.compile builds its kernels on the first forward and backward: a machine that cannot (no
+    C++ compiler on a CPU, no Triton on a GPU) gets one line naming the key, not a compiler's log."""
+    if not compiled:
+        yield
+        return
+    try:
+        yield
+    except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"train.compile: torch.compile failed on this machine ({first[:200]}); on a CPU it needs "
+                        "a C++ compiler (g++ or clang++, or the one $CXX names) and Python's headers; install "
+                        "them or set train.compile: false") from None
+
+
 def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: FitState,
         on_epoch: Callable[[FitState, dict], None]) -> FitState:
     """Train from `state.epoch` to `train.epochs`; `on_epoch(state, row)` after each epoch."""
@@ -166,7 +217,8 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
         t0 = time.time()
         for step, batch in enumerate(bar):
             x, y = to_batch(batch, rt.device, tp.patch)     # augmented on the device (src/augment.py)
-            loss = forward_loss(parts.step_model, x, y, tp.loss, rt.device, rt.precision)
+            with compile_errors(tp.compile):
+                loss = forward_loss(parts.step_model, x, y, tp.loss, rt.device, rt.precision)
             value = loss.detach()
             if rt.world > 1:
                 dist.all_reduce(value, op=dist.ReduceOp.AVG)
@@ -174,7 +226,8 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
                 raise TrainingDiverged(f"the loss became {value.item()} at epoch {epoch + 1}, iteration "
                                        f"{step + 1}. Lower lr (now {params.lr:g}) or use train.precision: fp32")
             parts.optimizer.zero_grad(set_to_none=True)
-            parts.scaler.scale(loss).backward()
+            with compile_errors(tp.compile):
+                parts.scaler.scale(loss).backward()
             parts.scaler.step(parts.optimizer)
             parts.scaler.update()
             parts.scheduler.step()

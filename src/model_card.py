@@ -49,7 +49,8 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params) -> 
         f"{model['base_width']}–{model['max_width']} channels, {model['norm']} normalisation, "
         f"deep supervision {'on' if model['deep_supervision'] else 'off'}.",
         f"- Input: {len(spec['modalities'])} channels in this order: {', '.join(spec['modalities'])} "
-        f"(z-scored inside the head); voxel size {' × '.join(f'{v:g}' for v in spec['spacing_mm'])} mm, "
+        f"(z-scored inside the head); voxel size {' × '.join(f'{v:g}' for v in spec['spacing_mm'])} mm "
+        "(`predict.py` resamples other inputs to it, and the probabilities back to the input's grid), "
         f"RAS orientation; sliding windows of {' × '.join(map(str, spec['patch']))} voxels.",
         f"- Output: one sigmoid per region, {', '.join(spec['regions'])}, painted into the labels of "
         f"{spec['edition']} (1 NETC, 2 SNFH, 3 ET, 4 RC).",
@@ -65,9 +66,13 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params) -> 
         "## Training data",
         "",
         f"- `{data['path']}`, DVC hash `{data['md5'] or 'unknown (trained outside dvc repro)'}` "
-        "(the preprocess stage's output in `dvc.lock`).",
-        "- By default the synthetic BraTS-2024-like set that `src/synthesize.py` generates; real BraTS 2024",
-        "  data when `paths.raw_dir` points at it (README). Splits are grouped by patient.",
+        "(the preprocess stage's output in `dvc.lock`); edition "
+        f"`{data.get('edition') or 'unknown'}` (`src/editions.py`; its labels read as 2024's).",
+        "- By default the synthetic BraTS-2024-like set that `src/synthesize.py` generates; real BraTS",
+        "  data of any edition when `paths.raw_dir` points at it (README). Splits are grouped by patient.",
+        *([f"- Started from the weights `{origin['init_weights']['path']}` (SHA-256 "
+           f"`{origin['init_weights']['sha256'][:16]}…`, `train.init_weights`), not from a random start."]
+          if origin.get("init_weights") else []),
         f"- Code: SHA-256 `{origin['code']['sha256'][:16]}…` of the train stage's {origin['code']['files']} "
         f"source files (`weights.code_digest`); {versions}. The commit is the one whose `dvc.lock` names",
         "  the weights' md5 (`git log -S <md5> --oneline -- dvc.lock`).",
@@ -85,8 +90,8 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params) -> 
         "  pipeline works, not how the network does on real scans.",
         "- The test split is small; one case moves a mean by several points. Training is bit-for-bit",
         "  reproducible on one machine type only; another CPU or GPU model gives a different draw (README).",
-        "- Inputs must be skull-stripped, co-registered T1n, T1c, T2w and T2-FLAIR at the training voxel",
-        "  size; other sizes are accepted with a warning and segmented less reliably.",
+        "- Inputs must be skull-stripped, co-registered T1n, T1c, T2w and T2-FLAIR; other voxel sizes are",
+        "  resampled to the training one, so detail finer than it is not seen.",
         "- Post-processing removes small components: a real lesion smaller than a threshold is removed too.",
         "",
         "## Licence",

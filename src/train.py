@@ -33,16 +33,14 @@ import torch.distributed as dist
 from brats import REGIONS
 from errors import run_stage
 from files import check_writable
-from fit import FitState, TrainingDiverged, build, fingerprint, fit
-from layout import load_manifest, load_split
+from fit import FitState, TrainingDiverged, build, fingerprint, fit, init_weights
+from layout import load_split, read_manifest
 from params import OPTIMIZER_KEYS, ROOT, Params, flat_params, load_params, resolve_tuned
 from runtime import setup_runtime
 from model import UNet3D
 from tracking import Tracker
-from weights import current_spec, provenance, save, weights_payload
+from weights import LAST_FILE, WEIGHTS_FILE, current_spec, provenance, save, weights_payload
 
-WEIGHTS_FILE = "model.pt"     # best weights by validation mean IoU
-LAST_FILE = "last.pt"
 RESUME_FILE = "train_state.pt"
 
 
@@ -70,10 +68,12 @@ def load_resume(path: Path, expected: str, main: bool) -> dict | None:
     return state
 
 
-def training_spacing(params: Params, cases: list[str]) -> tuple[float, float, float]:
-    """Voxel size of the training data (per-axis median over the training cases), for the weights."""
-    manifest = load_manifest(params.paths.preprocessed_dir)
-    return tuple(float(v) for v in np.median([manifest[c]["spacing_mm"] for c in cases], axis=0))
+def training_spacing(manifest: dict, cases: list[str]) -> tuple[float, float, float]:
+    """Voxel size of the training data, for the weights (predict resamples to it): the spacing
+    preprocess resampled to, else the per-axis median over the training cases."""
+    if isinstance(manifest.get("spacing_mm"), list):
+        return tuple(float(v) for v in manifest["spacing_mm"])
+    return tuple(float(v) for v in np.median([manifest["cases"][c]["spacing_mm"] for c in cases], axis=0))
 
 
 # What DVCLive plots per epoch: the loss and lr, and these validation scores where validation ran.
@@ -117,7 +117,8 @@ def train(params: Params) -> dict:
                                    "paths in params.yaml")
     train_cases = load_split(paths.preprocessed_dir, "train")
     val_cases = load_split(paths.preprocessed_dir, "val")
-    spacing = training_spacing(params, train_cases)
+    manifest = read_manifest(paths.preprocessed_dir)
+    spacing = training_spacing(manifest, train_cases)
     parts = build(params, rt, train_cases)
 
     resume_path = paths.resume_dir / RESUME_FILE
@@ -167,7 +168,7 @@ def train(params: Params) -> dict:
                    "best": {k: best[k] for k in (*(f"iou_{r}" for r in REGIONS), "mean_iou", "mean_dice")
                             if k in best}}
         if rt.main:
-            finish(params, parts.model, state, metrics, spacing, tracker, live)
+            finish(params, parts.model, state, metrics, spacing, manifest.get("edition"), tracker, live)
             if tracker:
                 tracker.log(timing, step=tp.epochs)
             print(f"trained {state.epoch - first_epoch} epoch(s) in {timing['train_seconds']:.0f} s, "
@@ -181,11 +182,11 @@ def train(params: Params) -> dict:
 
 
 def finish(params: Params, model: torch.nn.Module, state: FitState, metrics: dict,
-           spacing: tuple[float, float, float], tracker: Tracker | None, live: LiveLog) -> None:
+           spacing: tuple[float, float, float], edition: str | None, tracker: Tracker | None, live: LiveLog) -> None:
     """Write the stage's outputs: best and last weights, DVCLive's summary; the trackers' last logs."""
     paths, tp = params.paths, params.train
     spec, record = current_spec(tp.patch, spacing), flat_params(params)
-    origin = provenance(paths.preprocessed_dir, ROOT)
+    origin = provenance(paths.preprocessed_dir, ROOT, edition, init_weights(params))
     last = weights_payload(model.state_dict(), params.model, spec, record, state.history[-1]["epoch"], {}, origin)
     chosen = weights_payload(state.best_state, params.model, spec, record, state.best["epoch"], state.best,
                              origin) if state.best_state else last

@@ -10,7 +10,8 @@
     params      the training params, flattened (`train.patch`, `lr`, ...): a record, read by nothing
     epoch, val  the epoch these weights are from, and its validation scores
     provenance  where they come from (`provenance()`): the training data's hash as dvc.lock records
-                it, a SHA-256 of the training code (the train stage's src/ files, as dvc.yaml lists
+                it and its BraTS edition (src/editions.py), the weights training started from
+                (`train.init_weights`: path and SHA-256, or None), a SHA-256 of the training code (the train stage's src/ files, as dvc.yaml lists
                 them) and the versions of Python, PyTorch and NumPy
 
 The git commit is deliberately not written into the file: DVC's workflow trains first and commits
@@ -34,11 +35,13 @@ import yaml
 
 from brats import EDITION, MODALITIES, MODEL_REGIONS
 from errors import UserError
-from files import atomic_write
+from files import atomic_write, file_sha256
 from model import UNet3D
 from params import ModelParams
 
 WEIGHTS_FORMAT = 3      # 3 added `provenance`
+WEIGHTS_FILE = "model.pt"     # under paths.models_dir: the best weights by validation mean IoU
+LAST_FILE = "last.pt"         # the last epoch's
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ class InferenceSpec:
     patch: tuple[int, int, int]              # sliding-window size, as trained
     regions: tuple[str, ...]                 # output channels, brats.MODEL_REGIONS order
     modalities: tuple[str, ...]              # input channels, brats.MODALITIES order
-    spacing_mm: tuple[float, float, float]   # voxel size of the training data
-    edition: str                             # label table, brats.EDITION
+    spacing_mm: tuple[float, float, float]   # voxel size of the training data: predict resamples to it
+    edition: str                             # label table of the outputs, brats.EDITION (whatever the
+                                             # training data's edition: all are read as 2024's labels)
 
 
 def current_spec(patch: tuple[int, int, int], spacing_mm: tuple[float, float, float]) -> InferenceSpec:
@@ -83,13 +87,18 @@ def code_digest(root: Path, stage: str = "train") -> dict:
     return {"sha256": digest.hexdigest(), "files": len(files)}
 
 
-def provenance(data_dir: Path, root: Path) -> dict:
-    """What a weights file records of its origin (see the module docstring)."""
-    try:
-        path = str(Path(data_dir).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        path = str(data_dir)
-    return {"training_data": {"path": path, "md5": data_hash(data_dir, root)}, "code": code_digest(root),
+def provenance(data_dir: Path, root: Path, edition: str | None = None, init: Path | None = None) -> dict:
+    """What a weights file records of its origin (see the module docstring); `edition`: the BraTS
+    edition of the training data (src/editions.py), as preprocess recognised it; `init`: the weights
+    file training started from (`train.init_weights`), recorded with its SHA-256."""
+    def relative(p: Path) -> str:
+        try:
+            return str(Path(p).resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            return str(p)
+    return {"training_data": {"path": relative(data_dir), "md5": data_hash(data_dir, root), "edition": edition},
+            "init_weights": {"path": relative(init), "sha256": file_sha256(init)} if init else None,
+            "code": code_digest(root),
             "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                          "numpy": str(np.__version__)}}
 
@@ -98,7 +107,7 @@ def weights_payload(state_dict: dict, model: ModelParams, spec: InferenceSpec, p
                     val: dict, origin: dict) -> dict:
     """The dict a weights file holds (tensors moved to the CPU)."""
     as_lists = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
-    return {"format": WEIGHTS_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    return {"format": WEIGHTS_FORMAT, "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
             "model": dataclasses.asdict(model), "inference": as_lists, "params": params, "epoch": epoch,
             "val": val, "provenance": origin}
 
@@ -120,13 +129,15 @@ def read(path: Path) -> dict:
         first = (str(e).strip().splitlines() or [""])[0]
         raise UserError(f"weights file {path} cannot be loaded ({type(e).__name__}: {first}); "
                         "fetch it again with `dvc pull` or retrain") from None
-    if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT or "inference" not in saved \
-            or "provenance" not in saved:
-        found = saved.get("format", "none") if isinstance(saved, dict) else "none"
+    found = saved.get("format", "none") if isinstance(saved, dict) else "none"
+    if found != WEIGHTS_FORMAT:
         raise UserError(f"weights file {path} is not of format {WEIGHTS_FORMAT} (found format {found}: "
-                        "written by an older version of this project, without the provenance fields, or by "
-                        "another project); retrain with `dvc repro train`, or `dvc pull` the weights that "
-                        "match this commit")
+                        "written by an older version of this project, or by another project); retrain with "
+                        "`dvc repro train`, or `dvc pull` the weights that match this commit")
+    missing = [key for key in ("state_dict", "model", "inference", "provenance") if key not in saved]
+    if missing:
+        raise UserError(f"weights file {path} is of format {WEIGHTS_FORMAT} but lacks {', '.join(missing)} "
+                        "(damaged or edited by hand?); fetch it again with `dvc pull` or retrain")
     return saved
 
 

@@ -30,6 +30,7 @@ TINY = {
     "train.epochs": 2, "train.iterations_per_epoch": 2, "train.batch_size": 2, "train.patch": [16, 16, 16],
     "train.workers": 0, "train.val_every": 1, "train.val_batch": 4, "train.mlflow": False,
     "train.wandb": "disabled", "train.deterministic": True,
+    "train.compile": False,     # compiling takes longer than these runs (tests/test_train.py compiles once)
     "evaluate.overlays": 1,
 }
 ADAM = {"lr": 0.003, "weight_decay": 1e-5, "beta1": 0.9, "beta2": 0.999}

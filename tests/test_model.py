@@ -44,3 +44,23 @@ def test_gradients_reach_every_parameter():
     outs = model(torch.randn(1, 4, 16, 16, 16))
     sum(o.sum() for o in outs).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_channels_last_gives_the_plain_layouts_outputs_and_gradients():
+    """The CPU's fast layout (runtime.memory_format) computes what the contiguous one does."""
+    from runtime import memory_format
+    assert memory_format("cpu") == torch.channels_last_3d and memory_format("cuda") == torch.contiguous_format
+    config = ModelParams(base_width=4, max_width=16, depth=3, norm="instance", deep_supervision=True)
+    torch.manual_seed(0)
+    plain = UNet3D(config)
+    fast = UNet3D(config).to(memory_format=torch.channels_last_3d)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 4, 20, 24, 16)
+    outs_plain = plain(x)
+    outs_fast = fast(x.to(memory_format=torch.channels_last_3d))
+    for a, b in zip(outs_plain, outs_fast):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    sum(o.square().sum() for o in outs_plain).backward()
+    sum(o.square().sum() for o in outs_fast).backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=name)

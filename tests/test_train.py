@@ -19,7 +19,8 @@ from fit import TrainingDiverged
 from helpers import ADAM, TINY, checkout
 from model import UNet3D
 from params import ModelParams, load_params
-from train import LAST_FILE, RESUME_FILE, WEIGHTS_FILE
+from train import RESUME_FILE
+from weights import LAST_FILE, WEIGHTS_FILE
 
 
 def weights(params) -> dict:
@@ -55,7 +56,9 @@ def test_outputs(tiny_params):
     assert [r["step"] for r in rows] == ["1", "2"]
     assert not (params.paths.resume_dir / RESUME_FILE).exists()   # removed once finished
     origin = saved["provenance"]
-    assert set(origin) == {"training_data", "code", "versions"} and origin["versions"]["torch"] == str(torch.__version__)
+    assert set(origin) == {"training_data", "init_weights", "code", "versions"}
+    assert origin["versions"]["torch"] == str(torch.__version__) and origin["init_weights"] is None
+    assert origin["training_data"]["edition"] == "2024"        # the tiny synthetic cases are 2024's layout
 
 
 def test_validation_curves_have_rows_only_where_validation_ran(tiny_params):
@@ -295,7 +298,7 @@ def test_provenance_reads_the_data_hash_from_dvc_lock(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text("print(1)\n")
     origin = provenance(tmp_path / "data" / "preprocessed", tmp_path)
-    assert origin["training_data"] == {"path": "data/preprocessed", "md5": "0123abcd.dir"}
+    assert origin["training_data"] == {"path": "data/preprocessed", "md5": "0123abcd.dir", "edition": None}
     assert set(origin["versions"]) == {"python", "torch", "numpy"}
     # the code digest, computed independently: sha256 of name, NUL, bytes, NUL per file
     import hashlib
@@ -313,3 +316,62 @@ def test_code_digest_covers_the_train_stage_deps_of_dvc_yaml():
     deps = [d for d in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
             if d.startswith("src/")]
     assert code_digest(ROOT)["files"] == len(deps) and "src/train.py" in deps
+
+
+@pytest.mark.slow
+def test_compiled_cpu_training_is_deterministic_and_a_missing_compiler_is_one_line(tiny_data, tmp_path):
+    """train.compile on a CPU: two runs give the same weights; without a C++ compiler, one line."""
+    import os
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}   # compile afresh, no cache
+    digests = []
+    for run, extra in enumerate(({}, {}, {"CXX": str(tmp_path / "no-such-compiler")})):
+        repo = checkout(tmp_path / f"r{run}", {**TINY, **ADAM, "train.compile": True, "train.epochs": 1,
+                                               "paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed")})
+        if extra:
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor-empty")
+        done = subprocess.run([sys.executable, "src/train.py"], cwd=repo, capture_output=True, text=True,
+                              env={**env, **extra}, timeout=900)
+        if extra:
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+            assert done.stderr.strip().splitlines()[-1].startswith("error: train.compile: torch.compile failed on "
+                                                                   "this machine")
+            assert "set train.compile: false" in done.stderr
+        else:
+            assert done.returncode == 0, done.stderr[-2000:]
+            saved = torch.load(repo / "models" / WEIGHTS_FILE, weights_only=True)["state_dict"]
+            digests.append([v.numpy().tobytes() for v in saved.values()])
+    assert digests[0] == digests[1]
+
+
+def test_init_weights_start_the_network_and_are_recorded(tiny_params, tmp_path):
+    import hashlib
+
+    from files import file_sha256
+    from runtime import Runtime
+    first = tiny_params()
+    train.train(first)                                  # weights of the same network, to start from
+    start = tmp_path / "start.pt"
+    shutil.copy(first.paths.models_dir / WEIGHTS_FILE, start)
+    params = tiny_params(train__init_weights=str(start), paths__models_dir=str(tmp_path / "m2"))
+    train_cases = json.loads((params.paths.preprocessed_dir / "splits.json").read_text())["train"]
+    parts = fit.build(params, Runtime(torch.device("cpu"), "fp32", 0, 1), train_cases)
+    saved = torch.load(start, weights_only=True)["state_dict"]
+    for name, tensor in parts.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    assert fit.fingerprint(params) != fit.fingerprint(first)
+    train.train(params)
+    origin = weights(params)["provenance"]
+    assert origin["init_weights"] == {"path": str(start), "sha256": file_sha256(start)}
+    assert origin["init_weights"]["sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    assert weights(first)["provenance"]["init_weights"] is None
+
+
+def test_init_weights_of_another_network_are_one_line(tiny_params, tmp_path):
+    first = tiny_params()
+    train.train(first)
+    with pytest.raises(fit.UserError, match=r"train.init_weights: .*model.pt holds a network of .*'base_width': 4.*"
+                                            r"but model in params.yaml is .*'base_width': 8"):
+        train.train(tiny_params(train__init_weights=str(first.paths.models_dir / WEIGHTS_FILE),
+                                model__base_width=8, paths__models_dir=str(tmp_path / "m2")))
+    with pytest.raises(fit.UserError, match=r"train.init_weights: .*none\.pt not found; "):
+        train.train(tiny_params(train__init_weights=str(tmp_path / "none.pt"), paths__models_dir=str(tmp_path / "m3")))
