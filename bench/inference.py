@@ -85,6 +85,7 @@ def end_to_end(model: torch.nn.Module, patch: tuple[int, int, int], batch: int, 
                device: torch.device, mirrors: tuple[bool, ...]) -> None:
     """predict.py's steps on one written 1 mm synthetic case, each timed once after a warm-up run."""
     from brats import MODALITIES
+    from editions import case_at
     from geometry import restore
     from nifti import read_case, write_nifti
     from prepare import prepare
@@ -98,10 +99,11 @@ def end_to_end(model: torch.nn.Module, patch: tuple[int, int, int], batch: int, 
             steps = {}
             for _ in range(2):                                   # the first run warms up
                 t = time.perf_counter()
-                raw = read_case(case_dir, with_seg=False)
+                raw = read_case(case_at(case_dir), with_seg=False)
                 steps["read + check NIfTI"] = time.perf_counter() - t
                 t = time.perf_counter()
-                x, _, box, _ = prepare(raw)
+                prepared = prepare(raw)
+                x, box = prepared.image, prepared.box
                 steps["prepare (RAS, crop, z-score)"] = time.perf_counter() - t
                 sync(device)
                 t = time.perf_counter()

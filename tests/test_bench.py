@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import ROOT
 
@@ -33,3 +34,48 @@ def test_scale_benchmark_runs_and_writes_its_figures(tmp_path):
     assert set(result["storage choices"]) == {"npy float32", "npy float16", "blosc2 LZ4 float16",
                                               "blosc2 ZSTD float16"}
     assert "extrapolated to 1350 cases, 16 cores" in result
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_runs_the_train_stage_path_and_writes_its_figures(tmp_path):
+    out = tmp_path / "cpu.json"
+    done = subprocess.run([sys.executable, "bench/cpu.py", "--steps", "1", "--cases", "1", "--no-compile",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"train step, plain", "train step, channels-last", "predict.py per case"}
+    assert result["rows"]["train step, plain"]["x plain"] == 1.0
+    assert result["batch"][1] == 4 and "threads" in result["cpu"]          # 4 modalities
+
+
+@pytest.mark.slow
+def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, tiny_data, tiny_params):
+    """bench/real.py on the tiny synthetic cases (in place of real ones), 2 folds, tiny settings,
+    starting from a tiny network's weights (as the recipe starts from the synthetic set's)."""
+    import train
+    from helpers import ADAM, TINY
+    start = tiny_params()
+    train.train(start)
+    keys = {k: v for k, v in {**TINY, **ADAM}.items() if k.split(".")[0] in ("model", "train", "lr", "weight_decay",
+                                                                              "beta1", "beta2")}
+    overrides = [f"-S{k}={json.dumps(v)}" for k, v in {**keys, "preprocess.spacing_mm": 5.0,
+                                                       "evaluate.mirror": False}.items()]
+    out = tmp_path / "real.json"
+    done = subprocess.run([sys.executable, "bench/real.py", "--data", str(tiny_data / "data" / "synthetic"),
+                           "--out", str(out), "--work", str(tmp_path / "work"), "--folds", "2", "--init",
+                           str(start.paths.models_dir / "model.pt"),
+                           *overrides],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    cases = sorted(p.name for p in (tiny_data / "data" / "synthetic").iterdir())
+    assert sorted(result["per_case"]) == cases                     # every case scored once, unseen
+    folds = result["fold_patients"]
+    assert sorted(sum(folds, [])) == sorted({c.rsplit("-", 1)[0] for c in cases})
+    for case, scores in result["per_case"].items():
+        assert case.rsplit("-", 1)[0] in folds[scores["fold"]]       # scored by the model of its fold
+    assert set(result["mean"]) >= {"dice_WT", "iou_TC", "lesionwise_dice_ET"}
+    assert result["overrides"]["preprocess.spacing_mm"] == 5.0 and set(result["minutes"]) == {"preprocess", "0", "1"}
+    for fold in ("0", "1"):                                      # each fold's network started from those weights
+        saved = torch.load(tmp_path / "work" / "folds" / fold / "models" / "model.pt", weights_only=True)
+        assert saved["provenance"]["init_weights"]["path"] == str(start.paths.models_dir / "model.pt")

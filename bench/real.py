@@ -1,0 +1,186 @@
+"""Train and evaluate the pipeline on a folder of real BraTS cases, by cross-validation, and write the figures.
+
+    python bench/real.py --data /data/BraTS2021 --out bench/results/real.json [--folds 4] [--fold K]
+                         [--init auto|none|WEIGHTS] [--work /tmp/brats-real] [-S key=value ...]
+
+The README's real-data CPU recipe, measured: the network starts from the weights the default pipeline
+trains on the embedded synthetic set (`--init auto`: the default params' synthesize, preprocess and
+train stages run first in the work folder, as `dvc repro` runs them; or a weights file; `none` for a
+random start), then trains on the real cases at 2 mm.
+
+Every case is scored once by a model that never saw it: the cases (grouped by patient, seeded by
+`base.seed`) are cut into `--folds` folds; for each fold, the stage scripts run in a work copy of the
+repository (`src/` and params.yaml with the real-data CPU recipe below, then the `-S` overrides, as
+`dvc exp run -S` takes them): preprocess once for all cases, then per fold train on the other folds
+(less `preprocess.val_fraction` of them for validation and post-processing), postprocess, and
+evaluate on the fold. The figures are the evaluate stage's own, on each case's original grid against
+its original labels (the network runs at `preprocess.spacing_mm`). `--fold K` runs one fold only.
+
+Writes `--out` (JSON: settings, per-fold minutes, per-case and mean Dice and IoU of WT, TC and ET
+with and without post-processing, and the lesion-wise Dice) and prints a table. Nothing is
+downloaded; the data stay where they are (read in place, any edition: src/editions.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from params import apply_overrides, load_params  # noqa: E402
+
+# The README's real-data recipe for 2 CPU cores (README, real data): 1 mm data trained at 2 mm,
+# starting from the synthetic set's weights (train.init_weights, set by --init).
+CPU_RECIPE = {
+    "preprocess.spacing_mm": 2.0,
+    "train.patch": [64, 64, 64], "train.augment": "full", "train.epochs": 50, "train.val_every": 25,
+    "tune.trials": 0, "lr": 0.003, "weight_decay": 1.0e-5, "beta1": 0.9, "beta2": 0.999,
+}
+QUIET = {"train.mlflow": False, "train.wandb": "disabled", "evaluate.overlays": 0}
+REGIONS = ("WT", "TC", "ET")
+STAGES = ("train", "postprocess", "evaluate")
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"-S {text!r}: expected key=value")
+    return key, yaml.safe_load(value)
+
+
+def folds_of(patients: list[str], k: int, seed: int) -> list[list[str]]:
+    """Patients shuffled with `seed` and dealt into k folds of near-equal size."""
+    order = sorted(set(patients))
+    np.random.default_rng(seed).shuffle(order)
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def run(cmd: list[str], cwd: Path, log: Path) -> float:
+    """Run a stage script, its output appended to `log`; minutes it took. A failure stops the bench."""
+    start = time.time()
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        done = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"error: {' '.join(cmd)} failed in {cwd} (exit {done.returncode}); see {log}")
+    return (time.time() - start) / 60
+
+
+def fold_scores(metrics_dir: Path) -> dict[str, dict]:
+    """Per-case scores of one fold's evaluate stage: post-processed Dice, IoU and lesion-wise Dice."""
+    with open(metrics_dir / "evaluate_cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {row["case"]: {f"{k}_{r}": float(row[f"{k}_{r}"]) for k in ("dice", "iou", "lesionwise_dice")
+                          for r in REGIONS} for row in rows}
+
+
+def checkout(folder: Path, overrides: dict) -> dict:
+    """src/ and params.yaml (with `overrides`) in `folder`, as a clone would have them; the raw params."""
+    shutil.copytree(ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    raw = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return raw
+
+
+def pretrain(work: Path, log: Path) -> tuple[Path, float]:
+    """The default pipeline's weights on the embedded synthetic set (its committed tuned values), and
+    the minutes it took: synthesize, preprocess and train as `dvc repro` runs them."""
+    folder = work / "synthetic"
+    checkout(folder, QUIET)
+    shutil.copytree(ROOT / "tune", folder / "tune")
+    minutes = sum(run([sys.executable, f"src/{stage}.py"], folder, log) for stage in ("synthesize", "preprocess",
+                                                                                        "train"))
+    return folder / "models" / "model.pt", minutes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="folder of real BraTS cases (any edition)")
+    ap.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/brats-real"), help="work folder (replaced)")
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--fold", type=int, help="run this fold only (0-based)")
+    ap.add_argument("--init", default="auto", help="auto (train on the synthetic set first), none, or a weights file")
+    ap.add_argument("-S", dest="overrides", type=parse_override, action="append", default=[],
+                    help="params override, as dvc exp run -S takes it (repeatable)")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        ap.error(f"--data {args.data}: not a folder")
+    if args.folds < 2 or (args.fold is not None and not 0 <= args.fold < args.folds):
+        ap.error("--folds must be 2 or more, and --fold one of 0 .. folds-1")
+
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    log = args.work / "bench.log"
+    minutes = {}
+    if args.init == "auto":
+        init, minutes["pretrain on the synthetic set"] = pretrain(args.work, log)
+    elif args.init != "none":
+        init = Path(args.init).resolve()
+    overrides = {**CPU_RECIPE, **QUIET, "paths.raw_dir": str(args.data.resolve()),
+                 "train.init_weights": "" if args.init == "none" else str(init), **dict(args.overrides)}
+    raw = checkout(args.work, overrides)
+    params = load_params(args.work / "params.yaml")       # checks the overrides before any work
+    python = sys.executable
+    minutes["preprocess"] = run([python, "src/preprocess.py"], args.work, log)
+
+    pre = params.paths.preprocessed_dir
+    manifest = json.loads((pre / "manifest.json").read_text())
+    patients = {c: e["patient"] for c, e in manifest["cases"].items()}
+    folds = folds_of(list(patients.values()), args.folds, params.base.seed)
+    chosen = range(args.folds) if args.fold is None else [args.fold]
+    per_case, fold_minutes = {}, {}
+    for k in chosen:
+        rest = [p for i, f in enumerate(folds) if i != k for p in f]
+        np.random.default_rng([params.base.seed, k]).shuffle(rest)
+        n_val = max(1, round(len(rest) * params.preprocess.val_fraction))
+        split = {"test": set(folds[k]), "val": set(rest[:n_val]), "train": set(rest[n_val:])}
+        (pre / "splits.json").write_text(json.dumps(
+            {name: sorted(c for c, p in patients.items() if p in group) for name, group in split.items()}, indent=1))
+        fold_dir = args.work / "folds" / str(k)
+        paths = {f"paths.{key}": str(fold_dir / value) for key, value in (
+            ("models_dir", "models"), ("metrics_dir", "metrics"), ("predictions_dir", "predictions"),
+            ("live_dir", "dvclive"), ("resume_dir", "checkpoints"), ("model_card", "MODEL_CARD.md"))}
+        fold_raw = apply_overrides(yaml.safe_load(yaml.safe_dump(raw)), paths)
+        (args.work / "params.yaml").write_text(yaml.safe_dump(fold_raw, sort_keys=False))
+        fold_minutes[k] = {stage: run([python, f"src/{stage}.py"], args.work, log) for stage in STAGES}
+        scores = fold_scores(fold_dir / "metrics")
+        per_case.update({case: {"fold": k, **s} for case, s in scores.items()})
+        print(f"fold {k}: " + ", ".join(f"{stage} {m:.1f} min" for stage, m in fold_minutes[k].items()) + "; " +
+              ", ".join(f"{r} Dice {np.mean([s[f'dice_{r}'] for s in scores.values()]):.3f}" for r in REGIONS))
+
+    mean = {key: round(float(np.mean([s[key] for s in per_case.values()])), 4)
+            for key in next(iter(per_case.values())) if key != "fold"}
+    result = {"data": str(args.data), "cases": len(per_case), "editions": manifest["edition"],
+              "folds": args.folds, "fold_patients": folds, "init": args.init,
+              "overrides": {k: v for k, v in overrides.items() if k not in ("paths.raw_dir", "train.init_weights")},
+              "minutes": {**{k: round(m, 2) for k, m in minutes.items()},
+                          **{str(k): {s: round(m, 2) for s, m in v.items()} for k, v in fold_minutes.items()}},
+              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                          "torch": __import__("torch").__version__},
+              "mean": mean, "per_case": per_case}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(f"{len(per_case)} unseen cases, on their original grid (post-processed):")
+    for r in REGIONS:
+        values = [s[f"dice_{r}"] for s in per_case.values()]
+        print(f"  {r}: Dice {mean[f'dice_{r}']:.3f} (min {min(values):.3f}), IoU {mean[f'iou_{r}']:.3f}, "
+              f"lesion-wise Dice {mean[f'lesionwise_dice_{r}']:.3f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
