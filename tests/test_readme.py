@@ -14,13 +14,18 @@ from params import load_params
 
 
 
-def gpu_overrides() -> dict:
+def overrides_of(pattern: str, what: str) -> dict:
+    """The `-S key=value` pairs of the README's command that `pattern` finds."""
     text = (ROOT / "README.md").read_text()
-    command = re.search(r"```bash\n(dvc exp run -S paths\.raw_dir=data/BraTS2024-GLI.*?)\n```", text, re.S)
-    assert command, "the README lost its GPU-sized `dvc exp run` command"
+    command = re.search(pattern, text, re.S)
+    assert command, f"the README lost its {what} `dvc exp run` command"
     words = shlex.split(command.group(1).replace("\\\n", " "))
     pairs = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
     return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
+
+
+def gpu_overrides() -> dict:
+    return overrides_of(r"```bash\n(dvc exp run -S paths\.raw_dir=data/BraTS2024-GLI.*?)\n```", "GPU-sized")
 
 
 def test_gpu_sized_params_are_valid_and_build_the_nnunet_sized_network():
@@ -31,3 +36,17 @@ def test_gpu_sized_params_are_valid_and_build_the_nnunet_sized_network():
     with torch.device("meta"):  # the full-size network, without allocating its memory
         model = UNet3D(params.model)
     assert 30.9e6 < sum(p.numel() for p in model.parameters()) < 31.3e6
+
+
+def test_real_data_cpu_recipe_is_valid_and_is_what_bench_real_measures():
+    import importlib.util
+    overrides = overrides_of(r"(dvc exp run -S paths\.raw_dir=data/BraTS2021 -S preprocess\.spacing_mm=2\.0.*?)\n   ```",
+                             "real-data CPU")
+    params = load_params(ROOT / "params.yaml", overrides)
+    assert params.preprocess.target_spacing == (2.0, 2.0, 2.0) and params.train.init_weights
+    spec = importlib.util.spec_from_file_location("bench_real", ROOT / "bench" / "real.py")
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    for key, value in real.CPU_RECIPE.items():       # the figures in the README come from these settings
+        given = overrides[key]
+        assert (float(given) if isinstance(value, float) else given) == value, key   # YAML 1.1 reads 1e-5 as text
