@@ -5,13 +5,17 @@ today's code path beside the plain one it replaced, in one process on one machin
 
 Train step: the train stage's own path (`fit.build` from params.yaml's model and train sections, a
 batch from its loader, `fit.forward_loss`, backward, Adam), median of --steps after 3 warm-up steps:
-  plain          contiguous activations, not compiled: the train stage before
-  channels-last  what `runtime.memory_format` now gives a CPU, not compiled
+  plain          contiguous activations, PyTorch's InstanceNorm3d kernel, not compiled: the train
+                 stage before this work
+  channels-last  what `runtime.memory_format` now gives a CPU, with model.InstanceNorm3d keeping that
+                 layout, not compiled
   + compile      channels-last with `train.compile: true`: the train stage's default path (its first
                  step, the compilation, reported apart; --no-compile skips it)
 Predict: `predict.main` on --cases written synthetic cases of the default grid (read, check,
-prepare, sliding window with 8-flip mirroring, write), the evaluate stage's settings. Prints the CPU
-model and flags, the versions and a table; --out writes JSON.
+prepare, sliding window with 8-flip mirroring, write), the evaluate stage's settings, in the same
+three configurations (`evaluate.compile`, `--compile`, for the last). Per case from its record:
+the first case (which pays the compilation) apart, the median of the others. Prints the CPU model
+and flags, the versions and a table; --out writes JSON.
 """
 
 from __future__ import annotations
@@ -51,14 +55,24 @@ def cpu_model() -> dict:
 
 
 @contextmanager
-def layout(fmt: torch.memory_format):
-    """Run the train stage's code with `fmt` as the CPU's activation layout."""
-    saved = fit.memory_format
-    fit.memory_format = lambda device: fmt
+def layout(fmt: torch.memory_format, kernel_norm: bool = False):
+    """Run the project's code with `fmt` as the CPU's activation layout; `kernel_norm`: with PyTorch's
+    own InstanceNorm3d kernel instead of model.InstanceNorm3d's channels-last path."""
+    import inference
+    import model
+    import weights
+    modules = (fit, inference, weights)
+    saved = [m.memory_format for m in modules], model.InstanceNorm3d.forward
+    for m in modules:
+        m.memory_format = lambda device: fmt
+    if kernel_norm:
+        model.InstanceNorm3d.forward = torch.nn.InstanceNorm3d.forward
     try:
         yield
     finally:
-        fit.memory_format = saved
+        for m, f in zip(modules, saved[0]):
+            m.memory_format = f
+        model.InstanceNorm3d.forward = saved[1]
 
 
 def prepared_data(tmp: Path, cases: int):
@@ -100,13 +114,15 @@ def train_step(params, steps: int) -> dict:
             "patches/s": params.train.batch_size / statistics.median(times[3:])}
 
 
-def predict_cases(weights: Path, cases: Path, out: Path, params_file: Path) -> float:
-    """Seconds per case of predict.py end to end, with the evaluate stage's settings."""
+def predict_cases(weights: Path, cases: Path, out: Path, params_file: Path, compile: bool) -> dict:
+    """predict.py end to end on every case under `cases`, with the evaluate stage's settings: seconds
+    of the first case (a compiled network compiles there) and the median of the others."""
     import predict
-    t = time.perf_counter()
     assert predict.main(["--weights", str(weights), "--input", str(cases), "--output", str(out), "--overwrite",
-                         "--params", str(params_file), "--no-postprocessing"]) == 0
-    return (time.perf_counter() - t) / len(list(cases.iterdir()))
+                         "--params", str(params_file), "--no-postprocessing",
+                         "--compile" if compile else "--no-compile"]) == 0
+    seconds = [c["seconds"] for c in json.loads((out / predict.RECORD_FILE).read_text())["cases"].values()]
+    return {"s/case": statistics.median(seconds[1:] or seconds), "first case s": seconds[0]}
 
 
 def main() -> None:
@@ -121,8 +137,9 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         params, params_file = prepared_data(Path(tmp), args.cases)
-        for name, fmt in (("plain", torch.contiguous_format), ("channels-last", torch.channels_last_3d)):
-            with layout(fmt):
+        configs = (("plain", torch.contiguous_format, True), ("channels-last", torch.channels_last_3d, False))
+        for name, fmt, kernel_norm in configs:
+            with layout(fmt, kernel_norm):
                 rows[f"train step, {name}"] = train_step(params, args.steps)
         if args.compile:
             compiled = load_params(params_file, {"train.compile": True})
@@ -133,10 +150,15 @@ def main() -> None:
         net = UNet3D(params.model)
         save(weights, weights_payload(net.state_dict(), params.model, current_spec(params.train.patch, (2.0,) * 3),
                                       {}, 0, {}, {"training_data": {}, "code": {}, "versions": {}}))
-        predict_cases(weights, Path(tmp) / "raw", Path(tmp) / "warm", params_file)   # warm-up
-        rows["predict.py per case"] = {"s/case": predict_cases(weights, Path(tmp) / "raw", Path(tmp) / "out",
-                                                               params_file)}
-    base_train, base_predict = rows["train step, plain"]["s/step"], rows["predict.py per case"]["s/case"]
+        raw = Path(tmp) / "raw"
+        predict_cases(weights, raw, Path(tmp) / "warm", params_file, False)   # warm-up: file caches, allocator
+        for name, fmt, kernel_norm in configs:
+            with layout(fmt, kernel_norm):
+                rows[f"predict.py per case, {name}"] = predict_cases(weights, raw, Path(tmp) / name, params_file, False)
+        if args.compile:
+            rows["predict.py per case, channels-last + compile"] = predict_cases(weights, raw, Path(tmp) / "compiled",
+                                                                                 params_file, True)
+    base_train, base_predict = rows["train step, plain"]["s/step"], rows["predict.py per case, plain"]["s/case"]
     for name, row in rows.items():
         base = base_train if name.startswith("train") else base_predict
         row["x plain"] = base / row.get("s/step", row.get("s/case"))

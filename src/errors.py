@@ -10,6 +10,11 @@ class UserError(Exception):
     """Bad input or params: the message says what was wrong, where, and what to do."""
 
 
+class SetupError(UserError):
+    """The machine cannot run what params ask (no C++ compiler for torch.compile): no other case
+    would fare better, so a run over many cases stops at the first."""
+
+
 def describe_os_error(e: OSError) -> str:
     """`<path>: <reason>` for an error of the machine: a full disk, a read-only or missing folder…"""
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)

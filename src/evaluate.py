@@ -144,7 +144,7 @@ def evaluate(params: Params) -> dict:
     paths, ep = params.paths, params.evaluate
     device = default_device()
     weights = paths.models_dir / WEIGHTS_FILE
-    model, spec = load_model(weights, device)
+    model, spec = load_model(weights, device, "evaluate.compile" if ep.compile else None)
     pp = postprocessing.load(paths.models_dir / postprocessing.FILE, spec.regions)
     manifest = load_manifest(paths.preprocessed_dir)
     cases = load_split(paths.preprocessed_dir, "test")

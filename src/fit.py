@@ -13,15 +13,12 @@ import hashlib
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch._dynamo.exc
-import torch._inductor.exc
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
@@ -38,7 +35,7 @@ from losses import combined_loss, deep_supervision_loss
 from metrics import mean_scores, region_scores
 from model import UNet3D
 from params import ROOT, LossParams, Params, flat_params
-from runtime import Runtime, autocast_for, memory_format
+from runtime import Runtime, autocast_for, compile_errors, memory_format
 from weights import read
 
 
@@ -188,22 +185,6 @@ def validate(model: torch.nn.Module, params: Params, rt: Runtime, cases: list[st
     return flat
 
 
-@contextmanager
-def compile_errors(compiled: bool):
-    """torch.compile builds its kernels on the first forward and backward: a machine that cannot (no
-    C++ compiler on a CPU, no Triton on a GPU) gets one line naming the key, not a compiler's log."""
-    if not compiled:
-        yield
-        return
-    try:
-        yield
-    except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"train.compile: torch.compile failed on this machine ({first[:200]}); on a CPU it needs "
-                        "a C++ compiler (g++ or clang++, or the one $CXX names) and Python's headers; install "
-                        "them or set train.compile: false") from None
-
-
 def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: FitState,
         on_epoch: Callable[[FitState, dict], None]) -> FitState:
     """Train from `state.epoch` to `train.epochs`; `on_epoch(state, row)` after each epoch."""
@@ -217,7 +198,7 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
         t0 = time.time()
         for step, batch in enumerate(bar):
             x, y = to_batch(batch, rt.device, tp.patch)     # augmented on the device (src/augment.py)
-            with compile_errors(tp.compile):
+            with compile_errors("train.compile" if tp.compile else None):
                 loss = forward_loss(parts.step_model, x, y, tp.loss, rt.device, rt.precision)
             value = loss.detach()
             if rt.world > 1:
@@ -226,7 +207,7 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
                 raise TrainingDiverged(f"the loss became {value.item()} at epoch {epoch + 1}, iteration "
                                        f"{step + 1}. Lower lr (now {params.lr:g}) or use train.precision: fp32")
             parts.optimizer.zero_grad(set_to_none=True)
-            with compile_errors(tp.compile):
+            with compile_errors("train.compile" if tp.compile else None):
                 parts.scaler.scale(loss).backward()
             parts.scaler.step(parts.optimizer)
             parts.scaler.update()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from brats import regions_to_labels
-from runtime import autocast_for
+from runtime import autocast_for, memory_format
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -57,7 +57,9 @@ def predict_probs(model: nn.Module, image: np.ndarray | torch.Tensor, patch: tup
 
     Windows of `patch` (smaller edges are zero-padded) are run `batch` at a time and blended with a
     Gaussian weight; `mirror` averages over the 8 flips of the three axes (on CUDA, all flips of a
-    window batch in one forward pass: `_forward`). Everything stays on the model's device (logits in the autocast precision,
+    window batch in one forward pass: `_forward`). Windows go in in the device's memory format
+    (runtime.memory_format); a compiled network (runtime.Compiled) always gets `batch` windows, the
+    last batch filled with a repeated window. Everything stays on the model's device (logits in the autocast precision,
     float32 accumulators) and one array comes back to the host at the end. Voxels outside the head
     (zero in every modality: BraTS images are skull-stripped) get probability 0, since no tumour label
     lies there; a network can otherwise fire on the empty corners of the crop box.
@@ -76,10 +78,14 @@ def predict_probs(model: nn.Module, image: np.ndarray | torch.Tensor, patch: tup
     single = len(starts) == 1
     weight = torch.ones(patch, device=device) if single else gaussian_weight(patch).to(device)
     out, norm = None, torch.zeros(padded, device=device)
+    fixed = getattr(model, "fixed_shapes", False)   # a compiled network: every forward the same shape
     for i in range(0, len(starts), batch):
         chunk = starts[i:i + batch]
-        windows = torch.stack([x[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in chunk])
-        probs = _forward(model, windows, mirror, precision, batch_flips)    # (n, R, P, P, P) float32
+        windows = [x[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in chunk]
+        if fixed and len(windows) < batch:      # fill a short last batch; the extra outputs are dropped
+            windows += windows[-1:] * (batch - len(windows))
+        windows = torch.stack(windows)
+        probs = _forward(model, windows, mirror, precision, batch_flips)[:len(chunk)]   # (n, R, P, P, P) float32
         if out is None:
             out = torch.zeros((probs.shape[1], *padded), device=device)
         for (a, b, c), p in zip(chunk, probs):
@@ -108,10 +114,11 @@ def _forward(model: nn.Module, windows: torch.Tensor, mirror: bool, precision: s
         batch_flips = windows.device.type == "cuda"
     groups = [flips] if batch_flips else [(dims,) for dims in flips]
     n, total = windows.shape[0], None
+    windows_layout = memory_format(windows.device)
     for group in groups:
         stacked = torch.cat([windows.flip(dims) if dims else windows for dims in group])  # (len·n, C, P, P, P)
         with autocast_for(windows.device, precision):
-            logits = model(stacked)
+            logits = model(stacked.contiguous(memory_format=windows_layout)).contiguous()
         for k, dims in enumerate(group):
             probs = torch.sigmoid(logits[k * n:(k + 1) * n].float())
             probs = probs.flip(dims) if dims else probs

@@ -20,9 +20,24 @@ def widths(config: ModelParams) -> list[int]:
     return [min(config.base_width * 2 ** i, config.max_width) for i in range(config.depth)]
 
 
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """nn.InstanceNorm3d (affine, no running statistics) that keeps a channels-last CPU activation
+    channels-last: PyTorch's kernel copies it to contiguous and back, which cost more than the
+    layout saved on a CPU (bench/cpu.py). There the statistics come from one `var_mean` and the
+    normalisation is one `addcmul`; the result equals the kernel's to float rounding (tested), and
+    the parameters (and state_dict keys) are the same. Every other input takes PyTorch's kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda or x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d):
+            return super().forward(x)
+        var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return InstanceNorm3d(channels, affine=True)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     return nn.BatchNorm3d(channels)

@@ -179,6 +179,7 @@ class EvaluateParams:
     overlap: float = _num(0.0, 1.0, hi_open=True)
     batch: int = _num(1, 256)
     mirror: bool
+    compile: bool
     overlays: int = _num(0, 1000)
 
 

@@ -28,7 +28,7 @@ def predict_split(params: Params, split: str, progress: str) -> list[tuple[np.nd
     evaluate stage predicts and scores."""
     paths, ep = params.paths, params.evaluate
     device = default_device()
-    model, spec = load_model(paths.models_dir / WEIGHTS_FILE, device)
+    model, spec = load_model(paths.models_dir / WEIGHTS_FILE, device, "evaluate.compile" if ep.compile else None)
     precision = resolve_precision("auto", device)
     manifest = load_manifest(paths.preprocessed_dir)
     out = []

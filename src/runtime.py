@@ -7,11 +7,16 @@ evaluation, prediction and the benchmarks all ask it.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 import torch.distributed as dist
+from torch import nn
+
+from errors import SetupError
 
 
 @dataclass
@@ -36,11 +41,10 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
 
 
 def memory_format(device: torch.device | str) -> torch.memory_format:
-    """How the network's activations are laid out for training on `device`: channels-last on the
-    CPU, where oneDNN's 3D convolutions (above all their backward pass) run faster in it (bench/cpu.py:
-    1.17x a step); contiguous on CUDA, where InstanceNorm3d would convert every channels-last
-    activation back. Inference stays contiguous: forward alone, the conversions cost more than they
-    save (bench/cpu.py: predict.py 0.91x in channels-last)."""
+    """How the network's activations are laid out on `device`, training and inference alike:
+    channels-last on the CPU, where oneDNN's 3D convolutions run faster in it and model.InstanceNorm3d
+    keeps it (bench/cpu.py); contiguous on CUDA, where the normalisation would convert every
+    channels-last activation back."""
     return torch.channels_last_3d if torch.device(device).type == "cpu" else torch.contiguous_format
 
 
@@ -75,3 +79,37 @@ def setup_runtime(precision: str, deterministic: bool) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return Runtime(device, resolve_precision(precision, device), rank, world)
+
+
+@contextmanager
+def compile_errors(key: str | None):
+    """torch.compile builds its kernels on the first call: a machine that cannot (no C++ compiler on
+    a CPU, no Triton on a GPU) gets one line naming the params key `key`, not a compiler's log."""
+    if key is None:
+        yield
+        return
+    try:
+        yield
+    except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise SetupError(f"{key}: torch.compile failed on this machine ({first[:200]}); on a CPU it needs "
+                        "a C++ compiler (g++ or clang++, or the one $CXX names) and Python's headers; install "
+                        f"them or turn {key} off") from None
+
+
+class Compiled(nn.Module):
+    """A network for inference, compiled by torch.compile (the same parameters, which must not change
+    afterwards). It is compiled for one input shape: `fixed_shapes` tells inference.predict_probs to
+    fill a short last batch of windows rather than compile again. A failure to compile is one line
+    naming `key`."""
+
+    fixed_shapes = True
+
+    def __init__(self, model: nn.Module, key: str):
+        super().__init__()
+        self.net = torch.compile(model)
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with compile_errors(self.key):
+            return self.net(x)

@@ -31,7 +31,7 @@ TINY = {
     "train.workers": 0, "train.val_every": 1, "train.val_batch": 4, "train.mlflow": False,
     "train.wandb": "disabled", "train.deterministic": True,
     "train.compile": False,     # compiling takes longer than these runs (tests/test_train.py compiles once)
-    "evaluate.overlays": 1,
+    "evaluate.overlays": 1, "evaluate.compile": False,
 }
 ADAM = {"lr": 0.003, "weight_decay": 1e-5, "beta1": 0.9, "beta2": 0.999}
 

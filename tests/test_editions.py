@@ -222,7 +222,7 @@ def test_predict_writes_each_editions_labels_and_the_scorer_reads_them(tmp_path)
     save(weights, weights_payload(UNet3D(config).state_dict(), config, current_spec((16, 16, 16), (1.0,) * 3),
                                   {}, epoch=1, val={}, origin=ORIGIN))
     folder, written = dataset(tmp_path, "2021")
-    base = ["--weights", str(weights), "--input", str(folder), "--no-mirror", "--overlap", "0", "--batch", "1",
+    base = ["--weights", str(weights), "--input", str(folder), "--no-mirror", "--no-compile", "--overlap", "0", "--batch", "1",
             "--no-postprocessing"]
     assert predict.main([*base, "--output", str(tmp_path / "p2024")]) == 0
     assert predict.main([*base, "--output", str(tmp_path / "p2021"), "--labels", "2021"]) == 0

@@ -10,6 +10,7 @@ from torch import nn
 from inference import gaussian_weight, predict_probs, probs_to_labels, window_starts
 from model import UNet3D
 from params import ModelParams
+from runtime import Compiled, memory_format
 
 
 def tiny_unet() -> nn.Module:
@@ -41,8 +42,8 @@ def test_gaussian_weight_peaks_in_the_middle():
 def test_one_window_is_exactly_a_plain_forward_pass():
     model = tiny_unet()
     x = torch.randn(4, 16, 16, 16)
-    with torch.no_grad():
-        expected = torch.sigmoid(model(x[None]))[0]
+    with torch.no_grad():   # in the device's layout, as predict_probs runs the network
+        expected = torch.sigmoid(model(x[None].contiguous(memory_format=memory_format("cpu"))))[0]
     assert torch.equal(predict_probs(model, x, (16, 16, 16)), expected)
 
 
@@ -119,3 +120,20 @@ def test_batched_windows_and_flips_agree_with_one_at_a_time(mirror, batch, batch
     np.testing.assert_allclose(got.numpy(), reference_sliding_window(model, x, (8, 8, 8), 0.5, mirror),
                                atol=1e-5)
     assert not got[:, :2].any()
+
+
+@pytest.mark.slow
+def test_compiled_network_predicts_what_the_eager_one_does():
+    """evaluate.compile / predict --compile: the same probabilities as the eager network (to float
+    rounding), the same bytes on a second run, and a short last batch of windows filled (80 windows
+    in batches of 3) instead of a second compilation."""
+    model = tiny_unet()
+    x = torch.randn(4, 19, 17, 22)
+    x[:, :2] = 0
+    eager = predict_probs(model, x, (8, 8, 8), overlap=0.5, batch=3, mirror=True)
+    torch._dynamo.utils.counters.clear()
+    compiled = Compiled(model, "evaluate.compile")
+    first = predict_probs(compiled, x, (8, 8, 8), overlap=0.5, batch=3, mirror=True)
+    torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-5)
+    assert torch.equal(predict_probs(compiled, x, (8, 8, 8), overlap=0.5, batch=3, mirror=True), first)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1        # compiled once

@@ -16,6 +16,12 @@ from model import UNet3D
 from params import ModelParams
 from weights import current_spec, save, weights_payload
 
+def run(args: list[str]) -> int:
+    """predict.main without torch.compile (these networks and cases are too small for it to pay;
+    test_compiled_prediction compiles)."""
+    return predict.main([*args, "--no-compile"])
+
+
 ORIGIN = {"training_data": {"path": "data/preprocessed", "md5": None}, "code": {"sha256": "0" * 64, "files": 0},
           "versions": {}}
 
@@ -44,7 +50,7 @@ def lps_brats2021_case(folder, name: str):
 
 def test_lps_240_case_keeps_its_shape_and_affine(tmp_path, weights):
     case_dir, affine = lps_brats2021_case(tmp_path / "in", "BraTS-GLI-00009-100")
-    assert predict.main(["--weights", weights, "--input", str(case_dir), "--output", str(tmp_path / "out")]) == 0
+    assert run(["--weights", weights, "--input", str(case_dir), "--output", str(tmp_path / "out")]) == 0
     out = nib.load(tmp_path / "out" / "BraTS-GLI-00009-100.nii.gz")
     assert out.shape == (240, 240, 155) and np.allclose(out.affine, affine)
     labels = np.asanyarray(out.dataobj)
@@ -58,7 +64,7 @@ def test_ras_and_mni_cases_in_a_folder(tmp_path, weights, small_case):
     images, labels, affine = small_case                          # synthetic: FSL MNI (LAS) affine
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     write_case(tmp_path / "in", "BraTS-GLI-00002-100", images, None, np.eye(4))
-    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
+    assert run(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
     for name, aff in (("BraTS-GLI-00001-100", affine), ("BraTS-GLI-00002-100", np.eye(4))):
         out = nib.load(tmp_path / "out" / f"{name}.nii.gz")
         assert out.shape == images.shape[1:] and np.allclose(out.affine, aff)
@@ -70,7 +76,7 @@ def test_same_head_in_two_orientations_gets_the_same_prediction(tmp_path, weight
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, np.eye(4))
     lps_images, _, lps_affine = lps_copy(images, labels)
     write_case(tmp_path / "in", "BraTS-GLI-00002-100", lps_images, None, lps_affine)
-    predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    run(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
     ras = np.asanyarray(nib.load(tmp_path / "out" / "BraTS-GLI-00001-100.nii.gz").dataobj)
     lps = np.asanyarray(nib.load(tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").dataobj)
     np.testing.assert_array_equal(ras, lps[::-1, ::-1])
@@ -81,22 +87,22 @@ def test_bad_case_is_reported_and_the_rest_still_written(tmp_path, weights, smal
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     bad = write_case(tmp_path / "in", "BraTS-GLI-00002-100", images, None, affine)
     (bad / "BraTS-GLI-00002-100-t1c.nii.gz").unlink()
-    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    assert run(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
     assert (tmp_path / "out" / "BraTS-GLI-00001-100.nii.gz").exists()
     assert not (tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").exists()
     assert "BraTS-GLI-00002-100: missing file BraTS-GLI-00002-100-t1c.nii.gz" in capsys.readouterr().err
     with pytest.raises(UserError, match="missing file"):
-        predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2"),
+        run(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2"),
                       "--fail-fast"])
 
 
 def test_missing_or_broken_weights(tmp_path):
     with pytest.raises(UserError, match="not found.*dvc pull"):
-        predict.main(["--weights", str(tmp_path / "none.pt"), "--input", str(tmp_path), "--output", str(tmp_path)])
+        run(["--weights", str(tmp_path / "none.pt"), "--input", str(tmp_path), "--output", str(tmp_path)])
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a weights file")
     with pytest.raises(UserError, match="cannot be loaded"):
-        predict.main(["--weights", str(broken), "--input", str(tmp_path), "--output", str(tmp_path)])
+        run(["--weights", str(broken), "--input", str(tmp_path), "--output", str(tmp_path)])
 
 
 @pytest.mark.parametrize("args, words", [
@@ -111,7 +117,7 @@ def test_bad_arguments_are_one_line_each(tmp_path, weights, capsys, args, words)
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit) as stop:
-        predict.main(["--weights", weights, "--input", str(tmp_path), "--output", str(tmp_path / "o"), *args])
+        run(["--weights", weights, "--input", str(tmp_path), "--output", str(tmp_path / "o"), *args])
     assert stop.value.code == 2 and words in capsys.readouterr().err
 
 
@@ -120,7 +126,7 @@ def test_misnamed_case_folder_counts_as_failed(tmp_path, weights, small_case, ca
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     write_case(tmp_path / "in", "BraTS-GLI-0000-100", images, None, affine)
     (tmp_path / "in" / "README.txt").write_text("cases from site 3")
-    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    assert run(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
     out = capsys.readouterr()
     assert "wrote 1 of 2 predictions" in out.out
     assert "BraTS-GLI-0000-100: named like a case" in out.err and "README.txt: a file, not a case folder" in out.err
@@ -146,24 +152,24 @@ def test_weights_of_an_older_format_or_other_regions_are_refused(tmp_path):
     torch.save({"state_dict": UNet3D(config).state_dict(), "model": config.__dict__,
                 "params": {"train.patch": [48, 48, 48]}, "epoch": 1, "val": {}}, old)
     with pytest.raises(UserError, match=r"old\.pt is not of format 3 \(found format none.*retrain"):
-        predict.main(["--weights", str(old), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+        run(["--weights", str(old), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     spec = current_spec((48, 48, 48), (4.0, 4.0, 4.0))
     no_provenance = weights_payload(UNet3D(config).state_dict(), config, spec, {}, 1, {}, ORIGIN)
     del no_provenance["provenance"]
     no_provenance["format"] = 2                    # as the train stage wrote weights before provenance
     save(tmp_path / "v2.pt", no_provenance)
     with pytest.raises(UserError, match=r"v2\.pt is not of format 3 \(found format 2: .*older version"):
-        predict.main(["--weights", str(tmp_path / "v2.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+        run(["--weights", str(tmp_path / "v2.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     no_inference = weights_payload(UNet3D(config).state_dict(), config, spec, {}, 1, {}, ORIGIN)
     del no_inference["inference"]                  # format 3, but a section is missing: say which
     save(tmp_path / "cut.pt", no_inference)
     with pytest.raises(UserError, match=r"cut\.pt is of format 3 but lacks inference \(damaged"):
-        predict.main(["--weights", str(tmp_path / "cut.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+        run(["--weights", str(tmp_path / "cut.pt"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
     other = tmp_path / "other.pt"
     save(other, weights_payload(UNet3D(config).state_dict(), config, spec.__class__(
         spec.patch, ("WT", "TC", "ET", "NETC"), spec.modalities, spec.spacing_mm, spec.edition), {}, 1, {}, ORIGIN))
     with pytest.raises(UserError, match=r"other\.pt was trained with regions .*NETC.* but this code uses"):
-        predict.main(["--weights", str(other), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+        run(["--weights", str(other), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
 
 
 def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weights, small_case):
@@ -176,9 +182,9 @@ def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weigh
     params = write_params(tmp_path / "params.yaml", {"evaluate.mirror": True, "evaluate.overlap": 0.25,
                                                      "evaluate.batch": 3})
     base = ["--weights", weights, "--input", str(tmp_path / "in"), "--params", str(params)]
-    assert predict.main([*base, "--output", str(tmp_path / "a")]) == 0
-    assert predict.main([*base, "--output", str(tmp_path / "b"), "--overlap", "0.25", "--mirror", "--batch", "1"]) == 0
-    assert predict.main([*base, "--output", str(tmp_path / "c"), "--no-mirror"]) == 0
+    assert run([*base, "--output", str(tmp_path / "a")]) == 0
+    assert run([*base, "--output", str(tmp_path / "b"), "--overlap", "0.25", "--mirror", "--batch", "1"]) == 0
+    assert run([*base, "--output", str(tmp_path / "c"), "--no-mirror"]) == 0
     read = lambda d: np.asanyarray(nib.load(tmp_path / d / "BraTS-GLI-00001-100.nii.gz").dataobj)  # noqa: E731
     assert np.array_equal(read("a"), read("b"))
     record = json.loads((tmp_path / "a" / "predictions.json").read_text())
@@ -201,7 +207,7 @@ def test_probabilities_on_the_input_grid(tmp_path, weights, small_case):
     images, labels, _ = small_case
     lps_images, _, lps_affine = lps_copy(images, labels)
     write_case(tmp_path / "in", "BraTS-GLI-00002-100", lps_images, None, lps_affine)
-    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+    assert run(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                          "--save-probabilities", "--no-mirror"]) == 0
     saved = np.load(tmp_path / "out" / "BraTS-GLI-00002-100.probs.npz")
     probs = saved["probabilities"]
@@ -227,10 +233,10 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, weights, small_cas
     assert (tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").exists()
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert set(record["cases"]) == {"BraTS-GLI-00001-100", "BraTS-GLI-00002-100"}   # the skipped one kept
-    assert predict.main([*args, "--save-probabilities"]) == 0        # probabilities missing: redone
+    assert run([*args, "--save-probabilities"]) == 0        # probabilities missing: redone
     assert first.read_bytes() != b"kept"
     first.write_bytes(b"kept")
-    assert predict.main([*args, "--overwrite"]) == 0 and first.read_bytes() != b"kept"
+    assert run([*args, "--overwrite"]) == 0 and first.read_bytes() != b"kept"
 
 
 def test_unwritable_probabilities_are_one_line(tmp_path, weights, small_case):
@@ -244,7 +250,7 @@ def test_unwritable_probabilities_are_one_line(tmp_path, weights, small_case):
     out.mkdir()
     (out / "BraTS-GLI-00001-100.probs.npz").mkdir()          # a folder where the file must go
     done = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
-                           "--output", str(out), "--save-probabilities", "--no-mirror"],
+                           "--output", str(out), "--save-probabilities", "--no-mirror", "--no-compile"],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
@@ -257,7 +263,7 @@ def test_postprocessing_beside_the_weights_is_applied_and_recorded(tmp_path, wei
     images, _, affine = small_case
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     args = ["--weights", weights, "--input", str(tmp_path / "in"), "--no-mirror", "--overlap", "0.5", "--batch", "2"]
-    assert predict.main([*args, "--output", str(tmp_path / "raw")]) == 0
+    assert run([*args, "--output", str(tmp_path / "raw")]) == 0
     assert "masks are not post-processed" in capsys.readouterr().err     # no file beside the weights: said
     read = lambda d: np.asanyarray(nib.load(tmp_path / d / "BraTS-GLI-00001-100.nii.gz").dataobj)  # noqa: E731
     raw = read("raw")
@@ -265,16 +271,16 @@ def test_postprocessing_beside_the_weights_is_applied_and_recorded(tmp_path, wei
     pp_file = tmp_path / postprocessing.FILE          # beside the weights, as `dvc pull` places it
     rules = Postprocessing({**Postprocessing.none().min_mm3, "ET": 1e9})
     postprocessing.save(pp_file, rules, {})
-    assert predict.main([*args, "--output", str(tmp_path / "pp")]) == 0
+    assert run([*args, "--output", str(tmp_path / "pp")]) == 0
     done = read("pp")
     assert 3 not in done and np.array_equal(done, np.where(raw == 3, 1, raw))
     record = json.loads((tmp_path / "pp" / "predictions.json").read_text())
     assert record["settings"]["postprocessing"] == {"file": str(pp_file), "min_mm3": rules.min_mm3}
-    assert predict.main([*args, "--output", str(tmp_path / "off"), "--no-postprocessing"]) == 0
+    assert run([*args, "--output", str(tmp_path / "off"), "--no-postprocessing"]) == 0
     assert np.array_equal(read("off"), raw)
     other = tmp_path / "elsewhere.json"
     postprocessing.save(other, Postprocessing.none(), {})
-    assert predict.main([*args, "--output", str(tmp_path / "given"), "--postprocessing", str(other)]) == 0
+    assert run([*args, "--output", str(tmp_path / "given"), "--postprocessing", str(other)]) == 0
     assert np.array_equal(read("given"), raw)
 
 
@@ -287,8 +293,36 @@ def test_postprocessing_for_other_regions_is_one_line(tmp_path, weights, small_c
     case = write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     postprocessing.save(tmp_path / postprocessing.FILE, Postprocessing(Postprocessing.none().min_mm3, ("WT", "TC")), {})
     done = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
-                           "--output", str(tmp_path / "out"), "--no-mirror"], capture_output=True, text=True)
+                           "--output", str(tmp_path / "out"), "--no-mirror", "--no-compile"], capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "regions ['WT', 'TC']" in last and "repro postprocess" in last
     assert not (tmp_path / "out").exists()              # refused before anything was written
+
+
+@pytest.mark.slow
+def test_compiled_prediction_and_a_missing_compiler_is_one_line(tmp_path, weights, small_case):
+    """--compile writes the masks the eager network writes; without a C++ compiler it is one line
+    naming the flag, before any case is written."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    images, _, affine = small_case
+    case = write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    base = [sys.executable, str(ROOT / "src" / "predict.py"), "--weights", weights, "--input", str(case),
+            "--no-mirror", "--no-postprocessing", "--save-probabilities"]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    for name, flag in (("eager", "--no-compile"), ("compiled", "--compile")):
+        done = subprocess.run([*base, "--output", str(tmp_path / name), flag], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    read = lambda d: np.load(tmp_path / d / "BraTS-GLI-00001-100.probs.npz")["probabilities"].astype(int)  # noqa: E731
+    assert np.abs(read("compiled") - read("eager")).max() <= 1          # uint8 probabilities: rounding only
+    env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty"), "CXX": str(tmp_path / "no-such-compiler")}
+    done = subprocess.run([*base, "--output", str(tmp_path / "none"), "--compile"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --compile (evaluate.compile): torch.compile failed"), last
+    assert not (tmp_path / "none" / "BraTS-GLI-00001-100.nii.gz").exists()

@@ -187,7 +187,7 @@ def test_predict_writes_on_the_input_grid_for_any_spacing(tmp_path, weights_at, 
     affine[:3, 3] = [50.0, -40.0, -20.0]
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     assert predict.main(["--weights", weights_at(trained), "--input", str(tmp_path / "in"), "--output",
-                         str(tmp_path / "out"), "--no-mirror", "--overlap", "0.5", "--batch", "2",
+                         str(tmp_path / "out"), "--no-mirror", "--no-compile", "--overlap", "0.5", "--batch", "2",
                          "--no-postprocessing", "--save-probabilities"]) == 0
     out = nib.load(tmp_path / "out" / "BraTS-GLI-00001-100.nii.gz")
     assert out.shape == labels.shape and np.allclose(out.affine, affine)
