@@ -98,10 +98,12 @@ class Tracker:
 def _start_mlflow(root: Path, experiment: str, run_name: str, params: dict, commit: str, nested: bool,
                   run_id: str | None = None):
     import mlflow
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    local = "MLFLOW_TRACKING_URI" not in os.environ
+    if local:
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=(root / "mlartifacts").as_uri())
+        # the local store keeps artifacts beside it; a tracking server decides where its go
+        mlflow.create_experiment(experiment, artifact_location=(root / "mlartifacts").as_uri() if local else None)
     mlflow.set_experiment(experiment)
     if run_id:
         try:

@@ -3,7 +3,7 @@
 Each trial is a short run of the training loop the train stage uses (`fit.fit`, `tune.epochs`
 epochs, validated every epoch) and is scored by the validation mean IoU over the six BraTS regions, reported
 each epoch so that the pruner (median or Hyperband) stops weak trials early. The sampler is TPE seeded
-by `base.seed`: its first `tune.startup_trials` trials are random, the rest are proposed by TPE's
+by `base.seed` plus the trial's number (make_sampler): its first `tune.startup_trials` trials are random, the rest are proposed by TPE's
 model of the finished ones (Optuna's default of 10 start-up trials would make a 4-trial study random
 search). The sampler is not part of the study's identity: the finished trials are real trainings,
 valid whichever sampler proposed them, so changing `startup_trials` continues the study.
@@ -13,7 +13,13 @@ MLflow's store, so queued `dvc exp run --queue` experiments share it), or any SQ
 `journal:<file>` for Optuna's journal file. Its name carries a hash of everything a trial depends on,
 so an interrupted tune resumes without repeating finished trials, and a changed setting starts a new
 study. Several processes or machines can work on one study: run `python src/tune.py` in each, with
-`tune.storage` pointing at one shared database; together they stop at `tune.trials` finished trials.
+`tune.storage` pointing at one shared database (PostgreSQL for machines, README); together they run
+exactly `tune.trials` trials. Each process claims its next trial under a lock (a PostgreSQL advisory
+lock, or a file lock beside an SQLite or journal file): it counts the finished and running trials and
+asks Optuna for a new one only while they are fewer than `tune.trials`. A running trial sends
+heartbeats (RDB storages); one whose process was killed is marked failed by the next claim and its
+slot is run again. A process that finds every slot claimed waits for the others' trials to end, so
+the outputs it writes hold the whole study.
 
 Writes `tune/best_params.json` (read by train where params.yaml says `tuned`), `tune/trials.csv` (no
 durations, so a rerun writes the same bytes; they go to the console and MLflow), and under
@@ -26,14 +32,17 @@ study live (README).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 
 from errors import UserError, run_stage
 from files import atomic_folder, write_json, write_text
@@ -44,18 +53,25 @@ from runtime import setup_runtime
 from tracking import Tracker, tracking_root
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING)
+WAIT_SECONDS = 5          # between looks at the other processes' running trials
 IMPORTANCE_MIN_TRIALS = 2 * len(OPTIMIZER_KEYS)   # completed trials before importances are plotted
 
 
-def storage_for(params: Params) -> optuna.storages.BaseStorage:
+def storage_url(params: Params) -> str:
+    """tune.storage with the default and a relative journal file resolved."""
     url = params.tune.storage
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
         path = Path(url.removeprefix("journal:"))
-        path = path if path.is_absolute() else tracking_root() / path
-        return JournalStorage(JournalFileBackend(str(path)))
-    if not url:
-        url = f"sqlite:///{tracking_root() / 'optuna.db'}"
+        return f"journal:{path if path.is_absolute() else tracking_root() / path}"
+    return url or f"sqlite:///{tracking_root() / 'optuna.db'}"
+
+
+def storage_for(params: Params) -> optuna.storages.BaseStorage:
+    url = storage_url(params)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     try:
         # heartbeats let a later run mark the trials of a killed process as failed, instead of waiting
         return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
@@ -70,6 +86,87 @@ def study_name(params: Params) -> str:
                "train": fingerprint(trial_params(params, {k: 0.0 for k in OPTIMIZER_KEYS}))}
     digest = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:10]
     return f"{params.tune.study}-{digest}"
+
+
+@contextmanager
+def claim_lock(storage: optuna.storages.BaseStorage, url: str, study: str):
+    """Held while a process counts the claimed trials and asks for a new one, so that processes
+    sharing a study never claim more than tune.trials between them. PostgreSQL: an advisory lock
+    (machines share nothing else); SQLite or a journal file: an flock on `<file>.lock` beside it."""
+    if url.startswith("postgresql"):
+        from sqlalchemy import text
+        key = int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    path = url.removeprefix("journal:") if url.startswith("journal:") else \
+        url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if path is None:    # another database: its own transactions keep trials apart, not the count
+        yield
+        return
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_sampler(params: Params, number: int) -> optuna.samplers.TPESampler:
+    """TPE seeded by base.seed and the number the next trial gets: processes sharing a study draw
+    different values (one seed for all would give each process's first trial the same), and one
+    process draws what it drew before."""
+    return optuna.samplers.TPESampler(seed=params.base.seed + number, n_startup_trials=params.tune.startup_trials)
+
+
+def claim_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, url: str,
+                params: Params) -> optuna.Trial | None:
+    """A new trial of `study` (in `storage`, at `url`), or None when tune.trials are finished or
+    running already."""
+    with claim_lock(storage, url, study.study_name):
+        if is_heartbeat_enabled(study._storage):
+            optuna.storages.fail_stale_trials(study)        # a killed process's trial frees its slot
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in CLAIMED for t in trials) >= params.tune.trials:
+            return None
+        study.sampler = make_sampler(params, len(trials))
+        return study.ask()
+
+
+def run_claimed(study: optuna.Study, trial: optuna.Trial, params: Params) -> None:
+    """Run one claimed trial with heartbeats and tell Optuna how it ended; an error or Ctrl-C marks
+    it failed (its slot is run again later) and goes on up."""
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            value = objective(params, trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+    study.tell(trial, value)
+
+
+def wait_for_others(study: optuna.Study) -> None:
+    """Until no trial of the study is running (another process's; a dead one's is failed by its
+    heartbeat), so that the outputs hold every trial."""
+    announced = False
+    while True:
+        if is_heartbeat_enabled(study._storage):
+            optuna.storages.fail_stale_trials(study)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        if not running:
+            return
+        if not announced:
+            print(f"waiting for trial(s) {running} of other processes to finish", file=sys.stderr)
+            announced = True
+        time.sleep(WAIT_SECONDS)
 
 
 def make_pruner(kind: str) -> optuna.pruners.BasePruner:
@@ -171,27 +268,30 @@ def write_plots(study: optuna.Study, out_dir: Path) -> None:
 def tune(params: Params) -> dict:
     tp = params.tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # heartbeats and the matplotlib plots are marked experimental; they are what we want here
+    # heartbeats and the matplotlib plots are marked experimental; they are what we want here, and
+    # heartbeats with ask/tell (claim_trial) rather than Study.optimize
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     storage = storage_for(params)
     study = optuna.create_study(study_name=study_name(params), storage=storage, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=params.base.seed,
-                                                                   n_startup_trials=tp.startup_trials),
-                                pruner=make_pruner(tp.pruner), load_if_exists=True)
+                                sampler=make_sampler(params, 0), pruner=make_pruner(tp.pruner),
+                                load_if_exists=True)
     done = sum(t.state in FINISHED for t in study.trials)
     if done:
         print(f"study {study.study_name}: {done} finished trial(s) found, {max(0, tp.trials - done)} to go",
               file=sys.stderr)
     if done < tp.trials:
+        url = storage_url(params)
         parent = Tracker("tune", params.train.experiment, {"trials": tp.trials, "epochs": tp.epochs},
                          params.train.mlflow, "disabled")
         ok = False
         try:
-            study.optimize(lambda t: objective(params, t), n_trials=tp.trials - done,
-                           callbacks=[optuna.study.MaxTrialsCallback(tp.trials, states=FINISHED)])
+            while (trial := claim_trial(study, storage, url, params)) is not None:
+                run_claimed(study, trial, params)
             ok = True
         finally:
             parent.finish(ok)
+        wait_for_others(study)
     return write_outputs(study, params)
 
 

@@ -82,3 +82,13 @@ def tiny_params(tiny_data, tmp_path):
                  "paths.live_dir": str(tmp_path / "dvclive"), "paths.model_card": str(tmp_path / "MODEL_CARD.md")}
         return load_params(data / "params.yaml", {**ADAM, **paths, **dotted(overrides)})
     return build
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """SQLAlchemy URL of a throwaway PostgreSQL server on 127.0.0.1 (tests/postgres.py)."""
+    from postgres import postgres_server
+    with postgres_server() as url:
+        if url.startswith("skip: "):
+            pytest.skip(url.removeprefix("skip: "))
+        yield url

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,35 @@ def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, ti
     for fold in ("0", "1"):                                      # each fold's network started from those weights
         saved = torch.load(tmp_path / "work" / "folds" / fold / "models" / "model.pt", weights_only=True)
         assert saved["provenance"]["init_weights"]["path"] == str(start.paths.models_dir / "model.pt")
+
+
+@pytest.mark.slow
+def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_path, tiny_data, tiny_params):
+    """bench/sim2real.py on the tiny synthetic cases standing in for real ones, with a tiny trained
+    network: every case scored, the targets reported, the statistics of both sets written."""
+    import train
+    params = tiny_params()
+    train.train(params)
+    cases = tiny_data / "data" / "synthetic"
+    out = tmp_path / "s2r.json"
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--synthetic", str(cases),
+                           "--weights", str(params.paths.models_dir / "model.pt"), "--out", str(out),
+                           "--plot", str(tmp_path / "s2r.png"), "--params", str(tiny_data / "params.yaml")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    names = sorted(p.name for p in cases.iterdir())
+    assert sorted(result["score"]["per_case"]) == names
+    assert set(result["score"]["targets"]) == {"WT dice", "TC dice", "min case WT dice"}
+    wt = [c["dice_WT"] for c in result["score"]["per_case"].values()]
+    assert result["score"]["targets"]["min case WT dice"]["measured"] == pytest.approx(min(wt), abs=1e-4)
+    # the same folder on both sides: the same statistics
+    assert result["statistics"]["real"] == result["statistics"]["synthetic"]
+    # a hand-checkable statistic: the WT volume of each case from its seg file
+    import nibabel as nib
+    case = names[0]
+    seg = nib.load(cases / case / f"{case}-seg.nii.gz")
+    voxel_cm3 = abs(np.linalg.det(seg.affine[:3, :3])) / 1000
+    expected = np.count_nonzero(np.asanyarray(seg.dataobj)) * voxel_cm3
+    assert result["per_case_statistics"]["real"][case]["wt_cm3"] == pytest.approx(expected, abs=1e-3)
+    assert (tmp_path / "s2r.png").stat().st_size > 0

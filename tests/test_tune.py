@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -136,3 +137,87 @@ def test_tpe_takes_over_after_the_startup_trials(tune_params, monkeypatch):
     assert made and made[0]["n_startup_trials"] == 2
     with pytest.raises(ParamsError, match=r"tune.startup_trials \(4\) must be below tune.trials \(4\)"):
         tune_params(tune__trials=4, tune__startup_trials=4)
+
+
+def tune_checkout(tmp_path, tiny_data, storage: str, **overrides) -> Path:
+    """A copy of src/ with the tiny params, tiny_data's cases and `storage`, for `python src/tune.py`."""
+    from helpers import TINY, checkout
+    return checkout(tmp_path, {**TINY, "paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed"),
+                               "tune.storage": storage, "tune.pruner": "none", "tune.epochs": 1, **overrides})
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_postgresql_study_run_exactly_the_trials(postgres_url, tiny_data, tmp_path):
+    """Two `python src/tune.py` at once on one PostgreSQL study (as on two machines): exactly
+    tune.trials finished trials between them, each value drawn once, each trial run by one process,
+    and both processes write the same outputs (the one that ends first waits for the other's trial)."""
+    import os
+    import subprocess
+    import sys
+    trials = 4
+    repos = [tune_checkout(tmp_path / f"m{i}", tiny_data, postgres_url, **{"tune.trials": trials}) for i in range(2)]
+    env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
+    procs = [subprocess.Popen([sys.executable, "src/tune.py"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for repo in repos]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    from params import load_params
+    params = load_params(repos[0] / "params.yaml")
+    study = optuna.load_study(study_name=tune.study_name(params), storage=postgres_url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == trials and len(states) == trials, states
+    drawn = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(drawn) == trials                                     # no value drawn twice
+    ran = [int(line.split()[1].rstrip(":")) for _, err in outputs for line in err.splitlines()
+           if line.startswith("trial ")]
+    assert sorted(ran) == list(range(trials))                       # each trial run once, by one process
+    written = [json.loads((repo / "tune" / "best_params.json").read_text()) for repo in repos]
+    assert written[0] == written[1] and written[0]["complete"] == trials
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_server_with_a_postgresql_backend(postgres_url, tune_params, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI pointing at `mlflow server` backed by PostgreSQL, as a team runs it: the tune
+    run and its nested trials land there, not in a local file."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import sqlalchemy as sa
+    with sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE mlflow"))
+    backend = postgres_url.rsplit("/", 1)[0] + "/mlflow"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                               "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        params = tune_params(tune__trials=2, tune__pruner="none", tune__epochs=1, train__mlflow=True)
+        tune.tune(params)
+        from mlflow import MlflowClient
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(params.train.experiment)
+        runs = client.search_runs([experiment.experiment_id])
+        parent = [r for r in runs if r.info.run_name == "tune"]
+        trials = [r for r in runs if r.info.run_name.startswith("trial-")]
+        assert len(parent) == 1 and len(trials) == 2
+        assert all(r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id for r in trials)
+        assert not (tmp_path / "mlflow.db").exists()                # nothing went to the local store
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
