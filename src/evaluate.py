@@ -32,7 +32,6 @@ from editions import EDITIONS, Edition, find_cases, year_edition
 from errors import UserError, run_stage
 from files import atomic_folder, write_csv, write_json
 from geometry import restore
-from inference import predict_probs, probs_to_labels
 from layout import load_manifest, load_split, native_labels, native_shape, open_case
 from metrics import case_scores, mean_scores
 import model_card
@@ -41,8 +40,9 @@ from params import Params, load_params
 import postprocessing
 from prepare import spacing_of
 import resample
-from runtime import default_device, resolve_precision
-from weights import WEIGHTS_FILE, load_model, read
+from predictor import Predictor, Settings
+from runtime import default_device
+from weights import WEIGHTS_FILE, read
 
 KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
 RAW_KEYS = ("iou", "lesionwise_dice", "lesionwise_hd95")     # reported without post-processing too
@@ -144,11 +144,10 @@ def evaluate(params: Params) -> dict:
     paths, ep = params.paths, params.evaluate
     device = default_device()
     weights = paths.models_dir / WEIGHTS_FILE
-    model, spec = load_model(weights, device, "evaluate.compile" if ep.compile else None)
-    pp = postprocessing.load(paths.models_dir / postprocessing.FILE, spec.regions)
+    predictor = Predictor(weights, Settings.of(ep, device), device)
+    predictor.pp = pp = postprocessing.load(paths.models_dir / postprocessing.FILE, predictor.spec.regions)
     manifest = load_manifest(paths.preprocessed_dir)
     cases = load_split(paths.preprocessed_dir, "test")
-    precision = resolve_precision("auto", device)
     per_case, raw_case = {}, {}
     with atomic_folder(paths.predictions_dir) as predictions, \
             atomic_folder(paths.metrics_dir / OVERLAYS_DIR) as overlays:
@@ -157,10 +156,8 @@ def evaluate(params: Params) -> dict:
             entry = manifest[case]
             image = open_case(paths.preprocessed_dir, case)[0].read()
             gt, shape = native_labels(paths.preprocessed_dir, case, entry), native_shape(entry)
-            raw = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror,
-                                                precision, out_shape=shape))
             spacing = tuple(entry["native_spacing_mm"])
-            pred = postprocessing.apply(raw, pp, spacing)
+            raw, pred = predictor.labels(image, shape, spacing)
             per_case[case] = case_scores(pred, gt, spacing)
             raw_case[case] = per_case[case] if pred is raw else case_scores(raw, gt, spacing)
             original = restore(pred, tuple(map(tuple, entry["crop_box"])), tuple(entry["original_shape"]),

@@ -4,7 +4,7 @@ BraTS 2024's headline metric is lesion-wise: every predicted blob that meets no 
 a false positive scoring Dice 0 and HD95 337 mm, so a few stray voxels cost more than a rough border.
 As the challenge's winners do, small components are removed with volume thresholds tuned on
 validation data. This stage predicts the validation cases with the evaluate stage's inference
-settings (`evaluate.overlap`, `batch`, `mirror`), picks each rule's threshold from
+settings (`evaluate.overlap`, `batch`, `mirror`, `compile`: predictor.Predictor), picks each rule's threshold from
 `postprocess.candidates_mm3` (`candidates_fraction` for the relative rule), and writes `models/postprocessing.json` beside the weights (DVC output,
 pushed and pulled with them) with the validation score before and after and every candidate tried.
 """
@@ -15,30 +15,28 @@ import numpy as np
 from tqdm import tqdm
 
 from errors import UserError, run_stage
-from inference import predict_probs, probs_to_labels
 from layout import load_manifest, load_split, native_labels, native_shape, open_case
 from params import Params, load_params
 from postprocessing import FILE, Postprocessing, save, select
-from runtime import default_device, resolve_precision
-from weights import WEIGHTS_FILE, load_model
+from predictor import Predictor, Settings
+from runtime import default_device
+from weights import WEIGHTS_FILE
 
 
 def predict_split(params: Params, split: str, progress: str) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
     """(prediction, ground truth, spacing) of every case of a split on the case's own grid, as the
     evaluate stage predicts and scores."""
-    paths, ep = params.paths, params.evaluate
+    paths = params.paths
     device = default_device()
-    model, spec = load_model(paths.models_dir / WEIGHTS_FILE, device, "evaluate.compile" if ep.compile else None)
-    precision = resolve_precision("auto", device)
+    predictor = Predictor(paths.models_dir / WEIGHTS_FILE, Settings.of(params.evaluate, device), device)
     manifest = load_manifest(paths.preprocessed_dir)
     out = []
     for case in tqdm(load_split(paths.preprocessed_dir, split), desc=progress, unit="case"):
         entry = manifest[case]
         image = open_case(paths.preprocessed_dir, case)[0].read()
         gt = native_labels(paths.preprocessed_dir, case, entry)
-        pred = probs_to_labels(predict_probs(model, image, spec.patch, ep.overlap, ep.batch, ep.mirror, precision,
-                                             out_shape=native_shape(entry)))
-        out.append((pred, gt, tuple(entry["native_spacing_mm"])))
+        spacing = tuple(entry["native_spacing_mm"])
+        out.append((predictor.labels(image, native_shape(entry), spacing)[0], gt, spacing))
     return out
 
 

@@ -44,40 +44,30 @@ from editions import EDITIONS, Case, find_cases
 from errors import SetupError, UserError, run_stage
 from files import atomic_write, check_writable, file_sha256, read_json, write_json
 from geometry import restore
-from inference import predict_probs, probs_to_labels
+from inference import probs_to_labels
 from nifti import read_case, write_nifti
 from params import PARAMS_FILE, load_params
 import postprocessing
 from postprocessing import Postprocessing
+from predictor import Predictor, Settings
 from prepare import prepare
 from runtime import resolve_precision
 from tracking import git_commit
-from weights import InferenceSpec, load_model
 
 RECORD_FILE = "predictions.json"
 PROBS_SUFFIX = ".probs.npz"
 INPUT_HINT = "give --input a case (a case folder of any BraTS edition, a Decathlon image) or a folder of them"
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    overlap: float
-    batch: int
-    mirror: bool
-    precision: str
-    compile: bool
-
-
-def predict_case(model: torch.nn.Module, case: Case, spec: InferenceSpec, settings: Settings,
-                 pp: Postprocessing, with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
+def predict_case(predictor: Predictor, case: Case, with_probs: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
     """Label map (uint8, 2024 labels) and, when asked, region probabilities (R, ...) as uint8 on the
     case's own grid; that grid's affine and shape. The case is resampled to the spacing the weights
     were trained at, and the probabilities back to its own grid before thresholding."""
     raw = read_case(case, with_seg=False)
-    prepared = prepare(raw, spec.spacing_mm)
-    probs = predict_probs(model, prepared.image, spec.patch, settings.overlap, settings.batch, settings.mirror,
-                          settings.precision, out_shape=prepared.native_shape)
-    labels = postprocessing.apply(probs_to_labels(probs), pp, prepared.native_spacing)
+    prepared = prepare(raw, predictor.spec.spacing_mm)
+    probs = predictor.probs(prepared.image, prepared.native_shape)
+    labels = postprocessing.apply(probs_to_labels(probs), predictor.pp, prepared.native_spacing)
     shape = raw.images.shape[1:]
     on_grid = np.stack([restore(p, prepared.box, shape, raw.affine)
                         for p in (probs.numpy() * 255).round().astype(np.uint8)]) if with_probs else None
@@ -174,8 +164,10 @@ def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...]) -> tu
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
-    model, spec = load_model(args.weights, args.device, "--compile (evaluate.compile)" if settings.compile else None)
+    predictor = Predictor(args.weights, settings, args.device, compile_key="--compile (evaluate.compile)")
+    spec = predictor.spec
     pp, pp_file = postprocessing_for(args, spec.regions)
+    predictor.pp = pp
     listing = find_cases(args.input, INPUT_HINT)
     cases = listing.cases
     for name, reason in listing.ignored.items():
@@ -208,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            labels, probs, affine, shape = predict_case(model, case, spec, settings, pp, args.save_probabilities)
+            labels, probs, affine, shape = predict_case(predictor, case, args.save_probabilities)
         except UserError as e:
             if args.fail_fast or isinstance(e, SetupError):
                 raise

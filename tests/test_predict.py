@@ -188,7 +188,8 @@ def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weigh
     read = lambda d: np.asanyarray(nib.load(tmp_path / d / "BraTS-GLI-00001-100.nii.gz").dataobj)  # noqa: E731
     assert np.array_equal(read("a"), read("b"))
     record = json.loads((tmp_path / "a" / "predictions.json").read_text())
-    assert record["settings"] == {"overlap": 0.25, "batch": 3, "mirror": True, "precision": "fp32", "device": "cpu",
+    assert record["settings"] == {"overlap": 0.25, "batch": 3, "mirror": True, "precision": "fp32", "compile": False,
+                                  "device": "cpu",
                                   "probabilities": False, "labels": "2024",
                                   "postprocessing": {"file": None, "min_mm3": Postprocessing.none().min_mm3}}
     assert record["weights"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()

@@ -147,15 +147,18 @@ def tune_checkout(tmp_path, tiny_data, storage: str, **overrides) -> Path:
 
 
 @pytest.mark.slow
-def test_two_processes_on_a_postgresql_study_run_exactly_the_trials(postgres_url, tiny_data, tmp_path):
-    """Two `python src/tune.py` at once on one PostgreSQL study (as on two machines): exactly
-    tune.trials finished trials between them, each value drawn once, each trial run by one process,
-    and both processes write the same outputs (the one that ends first waits for the other's trial)."""
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_two_processes_on_one_study_run_exactly_the_trials(database, request, tiny_data, tmp_path):
+    """Two `python src/tune.py` at once on one study (PostgreSQL: as on two machines; SQLite: two
+    processes of one machine): exactly tune.trials finished trials between them, each value drawn
+    once, each trial run by one process, and both processes write the same outputs (the one that ends
+    first waits for the other's trial)."""
     import os
     import subprocess
     import sys
     trials = 4
-    repos = [tune_checkout(tmp_path / f"m{i}", tiny_data, postgres_url, **{"tune.trials": trials}) for i in range(2)]
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
+    repos = [tune_checkout(tmp_path / f"m{i}", tiny_data, url, **{"tune.trials": trials}) for i in range(2)]
     env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
     procs = [subprocess.Popen([sys.executable, "src/tune.py"], cwd=repo, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for repo in repos]
@@ -164,7 +167,7 @@ def test_two_processes_on_a_postgresql_study_run_exactly_the_trials(postgres_url
         assert p.returncode == 0, err[-3000:]
     from params import load_params
     params = load_params(repos[0] / "params.yaml")
-    study = optuna.load_study(study_name=tune.study_name(params), storage=postgres_url)
+    study = optuna.load_study(study_name=tune.study_name(params), storage=url)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == trials and len(states) == trials, states
     drawn = {tuple(sorted(t.params.items())) for t in study.trials}
