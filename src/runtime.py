@@ -100,14 +100,16 @@ def compile_errors(key: str | None):
 class Compiled(nn.Module):
     """A network for inference, compiled by torch.compile (the same parameters, which must not change
     afterwards). It is compiled for one input shape: `fixed_shapes` tells inference.predict_probs to
-    fill a short last batch of windows rather than compile again. A failure to compile is one line
-    naming `key`."""
+    fill a short last batch of windows rather than compile again. Shapes are static
+    (`dynamic=False`): another window size compiles again rather than generalising the first
+    compilation to symbolic sizes, which Inductor could not lower here. A failure to compile is one
+    line naming `key`."""
 
     fixed_shapes = True
 
     def __init__(self, model: nn.Module, key: str):
         super().__init__()
-        self.net = torch.compile(model)
+        self.net = torch.compile(model, dynamic=False)
         self.key = key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

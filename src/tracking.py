@@ -99,8 +99,8 @@ def _start_mlflow(root: Path, experiment: str, run_name: str, params: dict, comm
                   run_id: str | None = None):
     import mlflow
     local = "MLFLOW_TRACKING_URI" not in os.environ
-    if local:
-        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    # set either way: a URI set earlier in the process would otherwise win over the environment's
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}" if local else os.environ["MLFLOW_TRACKING_URI"])
     if mlflow.get_experiment_by_name(experiment) is None:
         # the local store keeps artifacts beside it; a tracking server decides where its go
         mlflow.create_experiment(experiment, artifact_location=(root / "mlartifacts").as_uri() if local else None)

@@ -137,3 +137,8 @@ def test_compiled_network_predicts_what_the_eager_one_does():
     torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-5)
     assert torch.equal(predict_probs(compiled, x, (8, 8, 8), overlap=0.5, batch=3, mirror=True), first)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1        # compiled once
+    # another window size in the same process (the same forward code): compiled again for it, with
+    # static shapes (automatic dynamic shapes failed to lower here), and still the eager result
+    other = Compiled(model, "evaluate.compile")
+    torch.testing.assert_close(predict_probs(other, x, (16, 16, 16), overlap=0.5, batch=2),
+                               predict_probs(model, x, (16, 16, 16), overlap=0.5, batch=2), rtol=1e-4, atol=1e-5)

@@ -224,12 +224,12 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, weights, small_cas
     write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
     write_case(tmp_path / "in", "BraTS-GLI-00002-100", images, None, affine)
     args = ["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-mirror"]
-    assert predict.main(args) == 0
+    assert run(args) == 0
     first = tmp_path / "out" / "BraTS-GLI-00001-100.nii.gz"
     first.write_bytes(b"kept")                         # an earlier run's output, as far as predict knows
     (tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").unlink()    # the case an interrupted run never wrote
     capsys.readouterr()
-    assert predict.main(args) == 0
+    assert run(args) == 0
     assert "wrote 1 of 2 predictions" in capsys.readouterr().out and first.read_bytes() == b"kept"
     assert (tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").exists()
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())
