@@ -73,7 +73,17 @@ def storage_for(params: Params) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     try:
-        # heartbeats let a later run mark the trials of a killed process as failed, instead of waiting
+        # heartbeats let a later run mark the trials of a killed process as failed, instead of waiting.
+        # Processes starting together on an empty PostgreSQL database would each create Optuna's
+        # tables (one fails on a duplicate type): one at a time.
+        if url.startswith("postgresql"):
+            import sqlalchemy
+            engine = sqlalchemy.create_engine(url)
+            try:
+                with advisory_lock(engine, "optuna-schema"):
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+            finally:
+                engine.dispose()
         return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
     except Exception as e:
         raise UserError(f"tune.storage {url!r} cannot be opened: {type(e).__name__}: {e}") from None
@@ -89,20 +99,27 @@ def study_name(params: Params) -> str:
 
 
 @contextmanager
+def advisory_lock(engine, name: str):
+    """A PostgreSQL session-level advisory lock named `name`, held on one connection of `engine`."""
+    from sqlalchemy import text
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+@contextmanager
 def claim_lock(storage: optuna.storages.BaseStorage, url: str, study: str):
     """Held while a process counts the claimed trials and asks for a new one, so that processes
     sharing a study never claim more than tune.trials between them. PostgreSQL: an advisory lock
     (machines share nothing else); SQLite or a journal file: an flock on `<file>.lock` beside it."""
     if url.startswith("postgresql"):
-        from sqlalchemy import text
-        key = int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+        with advisory_lock(storage.engine, study):
+            yield
         return
     path = url.removeprefix("journal:") if url.startswith("journal:") else \
         url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
