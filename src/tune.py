@@ -74,17 +74,10 @@ def storage_for(params: Params) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     try:
         # heartbeats let a later run mark the trials of a killed process as failed, instead of waiting.
-        # Processes starting together on an empty PostgreSQL database would each create Optuna's
-        # tables (one fails on a duplicate type): one at a time.
-        if url.startswith("postgresql"):
-            import sqlalchemy
-            engine = sqlalchemy.create_engine(url)
-            try:
-                with advisory_lock(engine, "optuna-schema"):
-                    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
-            finally:
-                engine.dispose()
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+        # Processes starting together on a new database would each create Optuna's tables (all but
+        # one fail): one at a time.
+        with storage_lock(url, "optuna-schema"):
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
     except Exception as e:
         raise UserError(f"tune.storage {url!r} cannot be opened: {type(e).__name__}: {e}") from None
 
@@ -113,17 +106,25 @@ def advisory_lock(engine, name: str):
 
 
 @contextmanager
-def claim_lock(storage: optuna.storages.BaseStorage, url: str, study: str):
-    """Held while a process counts the claimed trials and asks for a new one, so that processes
-    sharing a study never claim more than tune.trials between them. PostgreSQL: an advisory lock
-    (machines share nothing else); SQLite or a journal file: an flock on `<file>.lock` beside it."""
+def storage_lock(url: str, name: str, engine=None):
+    """Held while one process does what processes sharing a study must do one at a time (create
+    Optuna's tables, count the claimed trials and ask for a new one). PostgreSQL: an advisory lock
+    named `name` (machines share nothing else; on `engine`, or a connection of its own); SQLite or a
+    journal file: an flock on `<file>.lock` beside it; another database: none."""
     if url.startswith("postgresql"):
-        with advisory_lock(storage.engine, study):
-            yield
+        import sqlalchemy
+        own = engine is None
+        engine = sqlalchemy.create_engine(url) if own else engine
+        try:
+            with advisory_lock(engine, name):
+                yield
+        finally:
+            if own:
+                engine.dispose()
         return
     path = url.removeprefix("journal:") if url.startswith("journal:") else \
         url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if path is None:    # another database: its own transactions keep trials apart, not the count
+    if path is None:
         yield
         return
     with open(f"{path}.lock", "a") as handle:
@@ -145,7 +146,7 @@ def claim_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, url: 
                 params: Params) -> optuna.Trial | None:
     """A new trial of `study` (in `storage`, at `url`), or None when tune.trials are finished or
     running already."""
-    with claim_lock(storage, url, study.study_name):
+    with storage_lock(url, study.study_name, storage.engine if url.startswith("postgresql") else None):
         if is_heartbeat_enabled(study._storage):
             optuna.storages.fail_stale_trials(study)        # a killed process's trial frees its slot
         trials = study.get_trials(deepcopy=False)
