@@ -192,4 +192,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from errors import run_stage
+    run_stage(main)      # a missing weights file or a bad case: one line, no traceback

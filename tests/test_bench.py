@@ -113,3 +113,16 @@ def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_p
     expected = np.count_nonzero(np.asanyarray(seg.dataobj)) * voxel_cm3
     assert result["per_case_statistics"]["real"][case]["wt_cm3"] == pytest.approx(expected, abs=1e-3)
     assert (tmp_path / "s2r.png").stat().st_size > 0
+
+
+def test_sim2real_missing_weights_is_one_line(tmp_path, small_case):
+    from helpers import write_case
+    images, labels, affine = small_case
+    write_case(tmp_path / "real", "BraTS-GLI-00001-100", images, labels, affine)
+    out = tmp_path / "s2r.json"
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(tmp_path / "real"), "--synthetic",
+                           str(tmp_path / "real"), "--weights", str(tmp_path / "none.pt"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: weights file {tmp_path / 'none.pt'} not found")
+    assert not out.exists()
