@@ -7,7 +7,8 @@ For every case under `paths.raw_dir` (synthetic, or real BraTS of any edition: s
   `<preprocessed_dir>/cases/<case>/image.b2nd` (4, X, Y, Z) float16 and `label.b2nd` (X, Y, Z) uint8,
   chunked and compressed (src/layout.py), so a training worker cuts a patch without reading the case;
   a resampled case also keeps its labels on its own grid (`native_label.b2nd`), to score against.
-Then `manifest.json` (edition, spacing; patient, crop box, original shape and affine of each case),
+Then `manifest.json` (edition, spacing; patient, crop box, original shape and affine, and the sha256 of
+the stored image and labels of each case),
 `splits.json` (a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
 
 The whole output is written beside `preprocessed_dir` and swapped in at the end, so an earlier output
@@ -19,6 +20,7 @@ memory does not grow with the dataset.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,10 @@ def preprocess_case(case: Case, out_dir: Path, spacing: tuple[float, float, floa
         "spacing_mm": list(prepared.spacing),
         "native_spacing_mm": list(prepared.native_spacing),
         "label_voxels": np.bincount(prepared.native_labels.ravel(), minlength=len(LABELS)).tolist(),
+        # what training reads: training and tuning fingerprint the manifest, so new intensities with
+        # the same labels (a changed generator, another scanner export) are new data to them
+        "sha256": hashlib.sha256(np.ascontiguousarray(prepared.image).tobytes()
+                                 + np.ascontiguousarray(prepared.labels).tobytes()).hexdigest(),
     }
 
 

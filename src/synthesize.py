@@ -1,12 +1,16 @@
 """Stage `synthesize`: write a synthetic BraTS-2024-like dataset in the official layout.
 
 Real BraTS data is registration-gated, so the pipeline runs out of the box on cases made here:
-a skull-stripped brain (zero outside it) with white matter, grey matter and CSF; a post-treatment
-glioma with oedema (SNFH, bright on T2-FLAIR and T2), an enhancing rim (ET, bright on T1c), a
-necrotic core (NETC, dark on T1c, bright on T2) and, in some cases, a fluid-filled resection cavity
-(RC, CSF-like); FLAIR-bright white-matter lesions that are not tumour (T1-iso, unlike oedema);
-a bias field per modality, Rician noise and a scanner gain. No single modality separates the whole
-tumour by a threshold, so a model has to combine them.
+a skull-stripped brain (zero outside it): a cerebrum with folded cortex, sulcal CSF, lateral
+ventricles and deep grey nuclei, and below it the cerebellum and brainstem; a post-treatment glioma
+with oedema (SNFH, bright on T2-FLAIR and T2, spreading further through white matter), an enhancing
+rim (ET, bright on T1c), a necrotic core (NETC, dark on T1c, bright on T2 and often on FLAIR) and,
+in some cases, a fluid-filled resection cavity (RC, CSF-like); FLAIR-bright white-matter lesions that
+are not tumour (T1-iso, unlike oedema). Sizes and contrasts follow what 20 real BraTS 2018 cases
+show (bench/sim2real.py, BENCHMARKS.md). Each case draws its own tissue contrast, and each image its
+own bias field, texture, noise level, gain and, in a third of them, thick-slice blur. A threshold on
+one modality finds the whole tumour no better than on real scans (tests/test_synthesize.py), so a
+model has to combine them.
 
 Patients get 1..`visits` visits that share anatomy while the tumour changes. Each case is drawn
 from its own seed (base.seed, patient, visit), and files are written without timestamps, so the
@@ -29,20 +33,36 @@ from nifti import write_nifti
 from parallel import run_each
 from params import SynthesizeParams, load_params
 
-# Signal of each tissue in (t1n, t1c, t2w, t2f), relative to white matter on T1 ~ 0.85.
+# Typical signal of each tissue in (t1n, t1c, t2w, t2f), relative to white matter on T1 ~ 0.85. The
+# tumour's are set so that, z-scored over the head, they sit where 20 real BraTS 2018 cases put them
+# (bench/results/sim2real.json): oedema and necrosis bright on FLAIR, enhancement about 1.6 std above
+# the head on T1c, necrosis only moderately dark on T1. Each case draws its own signal around these
+# (`case_signal`): real contrast varies from scan to scan, and the network must not learn one value.
 TISSUE_SIGNAL: dict[str, tuple[float, float, float, float]] = {
     "wm":   (0.85, 0.80, 0.40, 0.50),
     "gm":   (0.62, 0.60, 0.60, 0.66),
     "csf":  (0.20, 0.18, 1.00, 0.12),
     "wmh":  (0.84, 0.80, 0.58, 0.88),   # FLAIR-bright lesion that is not tumour: T1-iso, T2 mild
     "vessel": (0.70, 1.15, 0.45, 0.45),  # enhancing vessels: bright on T1c only
-    "snfh": (0.56, 0.54, 0.80, 0.80),
-    "et":   (0.62, 1.10, 0.72, 0.78),
-    "netc": (0.40, 0.36, 0.92, 0.56),
+    "snfh": (0.66, 0.56, 0.84, 1.00),
+    "et":   (0.60, 0.98, 0.80, 0.90),
+    "netc": (0.50, 0.50, 0.98, 0.90),
     "rc":   (0.22, 0.20, 0.98, 0.30),
 }
+# Per-case spread of each tissue's signal (std of its log): healthy tissue varies little between
+# scans once z-scored; tumour tissue a lot (necrosis on FLAIR runs from dark to brighter than oedema).
+SIGNAL_SPREAD = {"wm": 0.04, "gm": 0.07, "csf": 0.08, "wmh": 0.08, "vessel": 0.08,
+                 "snfh": 0.08, "et": 0.10, "netc": 0.14, "rc": 0.10}
 TISSUES = tuple(TISSUE_SIGNAL)
 TISSUE_INDEX = {t: i for i, t in enumerate(TISSUES)}
+TUMOUR_TISSUES = [TISSUE_INDEX[t] for t in ("snfh", "et", "netc")]
+# Deep grey matter, one side (x > 0): centre and semi-axes in mm from the grid centre (MNI y -18, z 18).
+# In a real scan these are FLAIR- and T2-brighter than the white matter around them, deep in the brain:
+# without them a network learns that anything there brighter than white matter is oedema.
+DEEP_GREY = (((11.0, 0.0, -12.0), (8.0, 14.0, 9.0)),     # thalamus
+             ((22.0, 20.0, -16.0), (6.0, 16.0, 10.0)),   # putamen and globus pallidus
+             ((13.0, 30.0, -6.0), (5.0, 8.0, 8.0)),      # caudate head
+             ((38.0, 10.0, -14.0), (4.0, 22.0, 16.0)))   # insular cortex
 # World position (mm) of voxel (0, 0, 0) in FSL's MNI152 templates, at 1 mm and at 2 mm alike.
 MNI_CORNER_MM = (90.0, -126.0, -72.0)
 
@@ -95,11 +115,19 @@ def soft(x: np.ndarray, width: float) -> np.ndarray:
 
 def anatomy(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
             xyz: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Brain mask, tissue fractions (T, X, Y, Z) for wm/gm/csf and normalised brain radius."""
-    semi = np.array([68.0, 86.0, 70.0]) * rng.uniform(0.88, 1.04) * rng.uniform(0.96, 1.04, 3)
+    """Brain mask, tissue fractions (T, X, Y, Z) for wm/gm/csf and normalised cerebral radius.
+
+    The cerebrum: an ellipsoid, flatter below than above, with a folded cortex, CSF in the sulci under
+    its surface and two lateral ventricles. Below and behind it the cerebellum, whose folia mix grey
+    and white matter finely at 1-2 mm, and the brainstem: the inferior slices of a real scan, which a
+    network that saw only an ellipsoid takes for tumour (issue 23: most of its false positives on
+    real cases sat there).
+    """
+    size = rng.uniform(0.88, 1.04)
+    semi = np.array([68.0, 86.0, 70.0]) * size * rng.uniform(0.96, 1.04, 3)
     shape_noise = smooth_noise(rng, grid, spacing, 40.0)
-    r = np.sqrt(sum((c / a) ** 2 for c, a in zip(xyz, semi))) * (1 + 0.04 * shape_noise)
-    brain = r < 1.0
+    semi_z = np.where(xyz[2] < 0, semi[2] * 0.74, semi[2])
+    r = np.sqrt((xyz[0] / semi[0]) ** 2 + (xyz[1] / semi[1]) ** 2 + (xyz[2] / semi_z) ** 2) * (1 + 0.04 * shape_noise)
     folding = smooth_noise(rng, grid, spacing, 10.0)
     sulcal_csf = 1 - soft(r - 0.955 - 0.02 * folding, 0.008)  # CSF shell under the brain surface
     cortex = 1 - soft(r - 0.80 - 0.06 * folding, 0.015)
@@ -110,8 +138,30 @@ def anatomy(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float
         d = np.sqrt(sum(((x - ci) / ai) ** 2 for x, ci, ai in zip(xyz, c, ax)))
         vents = np.maximum(vents, soft(d - 1.0, 0.08))
     csf = np.clip(np.maximum(sulcal_csf, vents), 0, 1)
+
+    def ellipsoid(centre: tuple[float, float, float], axes: tuple[float, float, float]) -> np.ndarray:
+        c = np.asarray(centre) * size * rng.uniform(0.94, 1.06, 3)
+        a = np.asarray(axes) * size * rng.uniform(0.92, 1.08, 3)
+        return np.sqrt(sum(((x - ci) / ai) ** 2 for x, ci, ai in zip(xyz, c, a))) * (1 + 0.04 * shape_noise)
+
+    r_cerebellum = ellipsoid((0.0, -50.0, -50.0), (48.0, 28.0, 20.0))
+    r_stem = ellipsoid((0.0, -18.0, -46.0), (11.0, 12.0, 28.0))
+    below = r >= 1.0
+    folia = np.tanh(2.0 * smooth_noise(rng, grid, spacing, 4.0))
+    cerebellum = below & (r_cerebellum < 1.0)
+    stem = below & ~cerebellum & (r_stem < 1.0)
+    cb_csf = 1 - soft(r_cerebellum - 0.93 - 0.03 * folia, 0.01)
     gm = np.clip(cortex * (1 - csf), 0, 1)
+    for centre, axes in DEEP_GREY:   # both sides: thalamus, lentiform and caudate nuclei, insula
+        for side in (-1, 1):
+            nucleus = ellipsoid((side * centre[0], centre[1], centre[2]), axes)
+            gm = np.maximum(gm, 0.85 * soft(nucleus - 1.0, 0.08) * (1 - csf))
+    gm[cerebellum] = (0.6 + 0.3 * folia[cerebellum]) * (1 - cb_csf[cerebellum])
+    gm[stem] = 0.2
+    csf[cerebellum] = cb_csf[cerebellum]
+    csf[stem] = 0.0
     wm = np.clip(1 - csf - gm, 0, 1)
+    brain = (r < 1.0) | cerebellum | stem
     return brain, np.stack([wm, gm, csf]), r
 
 
@@ -123,10 +173,10 @@ def draw_tumour(rng: np.random.Generator, brain_semi_frac: float = 0.55) -> Tumo
     offset = rng.standard_normal(3)
     return Tumour(
         centre_mm=centre.astype(np.float64),
-        radius_mm=float(rng.uniform(9.0, 22.0)),
-        oedema_scale=float(rng.uniform(1.3, 2.0)),
-        rim_mm=float(rng.uniform(2.0, 4.0)),
-        has_et=bool(rng.random() < 0.8),
+        radius_mm=float(rng.uniform(12.0, 30.0)),
+        oedema_scale=float(rng.uniform(1.15, 1.45)),
+        rim_mm=float(rng.uniform(2.0, 6.0)),
+        has_et=bool(rng.random() < 0.85),
         has_rc=bool(rng.random() < 0.5),
         cavity_offset=(offset / np.linalg.norm(offset)).astype(np.float64),
     )
@@ -138,27 +188,29 @@ def evolve(t: Tumour, rng: np.random.Generator, visit_index: int) -> Tumour:
         return t
     return Tumour(
         centre_mm=t.centre_mm,
-        radius_mm=float(np.clip(t.radius_mm * rng.uniform(0.7, 1.3), 6.0, 22.0)),
-        oedema_scale=float(np.clip(t.oedema_scale * rng.uniform(0.85, 1.15), 1.3, 2.0)),
+        radius_mm=float(np.clip(t.radius_mm * rng.uniform(0.7, 1.3), 6.0, 30.0)),
+        oedema_scale=float(np.clip(t.oedema_scale * rng.uniform(0.85, 1.15), 1.15, 1.45)),
         rim_mm=t.rim_mm,
-        has_et=bool(rng.random() < 0.7),
+        has_et=bool(rng.random() < 0.8),
         has_rc=t.has_rc or bool(rng.random() < 0.5),
         cavity_offset=t.cavity_offset,
     )
 
 
 def tumour_labels(t: Tumour, rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
-                  xyz: list[np.ndarray], brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  xyz: list[np.ndarray], brain: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """BraTS 2024 label map (uint8, 0..4) of one tumour, kept inside the brain, and the oedema's
-    signal strength (1 near the core, fading to about half at its outer edge, as real oedema does)."""
+    signal strength (1 near the core, fading to three quarters at its outer edge, as real oedema does).
+    Oedema spreads further through white matter than through grey matter and stays out of CSF."""
     d = np.sqrt(sum((x - c) ** 2 for x, c in zip(xyz, t.centre_mm)))
     lumpy = 1 + 0.22 * smooth_noise(rng, grid, spacing, 18.0)
     core = d * lumpy / t.radius_mm                 # < 1 inside the core
     # oedema spreads irregularly, further along some directions than others
     spread = np.clip(1 + 0.25 * smooth_noise(rng, grid, spacing, 25.0), 0.6, 1.5)
-    oedema = d / (min(t.radius_mm * t.oedema_scale, 36.0) * spread)
+    white = ndimage.gaussian_filter(tissue[0], 3.0 / spacing)
+    oedema = d / (min(t.radius_mm * t.oedema_scale, 48.0) * spread * (0.85 + 0.35 * white))
     labels = np.zeros(grid, np.uint8)
-    labels[oedema < 1] = 2
+    labels[(oedema < 1) & (tissue[2] < 0.5)] = 2
     if t.has_et:
         # the rim never fills the core: at most half its radius, so there is always a NETC centre
         rim = np.minimum(t.rim_mm * (1 + 0.4 * smooth_noise(rng, grid, spacing, 8.0)), 0.5 * t.radius_mm)
@@ -169,9 +221,12 @@ def tumour_labels(t: Tumour, rng: np.random.Generator, grid: tuple[int, int, int
     if t.has_rc:
         c = t.centre_mm + t.cavity_offset * t.radius_mm * 0.7
         dc = np.sqrt(sum((x - ci) ** 2 for x, ci in zip(xyz, c)))
-        labels[dc * (1 + 0.12 * smooth_noise(rng, grid, spacing, 12.0)) < t.radius_mm * 0.75] = 4
+        labels[dc * (1 + 0.12 * smooth_noise(rng, grid, spacing, 12.0)) < t.radius_mm * 0.55] = 4
     labels[~brain] = 0
-    strength = 0.5 + 0.5 * np.clip((1 - oedema) / 0.5, 0, 1)
+    pieces, _ = ndimage.label(labels > 0)     # oedema cut off from the tumour by CSF is not kept
+    kept = np.unique(pieces[np.isin(labels, (1, 3, 4))])
+    labels[(labels == 2) & ~np.isin(pieces, kept[kept > 0])] = 0
+    strength = 0.75 + 0.25 * np.clip((1 - oedema) / 0.5, 0, 1)
     return labels, strength
 
 
@@ -197,16 +252,36 @@ def vessels(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float
     return tube * (brain_r < 0.97)
 
 
+def case_signal(rng: np.random.Generator) -> np.ndarray:
+    """(T, 4) signal of every tissue in every modality for one case, drawn around TISSUE_SIGNAL."""
+    base = np.asarray([TISSUE_SIGNAL[t] for t in TISSUES], np.float64)
+    spread = np.asarray([SIGNAL_SPREAD[t] for t in TISSUES])[:, None]
+    return base * np.exp(spread * rng.standard_normal(base.shape))
+
+
 def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, grid: tuple[int, int, int],
-           spacing: float) -> np.ndarray:
-    """(4, X, Y, Z) float32 images: tissue signal + texture, bias field, Rician noise, scanner gain."""
-    signal = np.asarray([TISSUE_SIGNAL[t] for t in TISSUES], np.float64)  # (T, 4)
+           spacing: float, xyz: list[np.ndarray]) -> np.ndarray:
+    """(4, X, Y, Z) float32 images: each case's own tissue signal, uneven inside the tumour, then what
+    differs from scanner to scanner, drawn per modality: texture, bias field (strength, a top-to-bottom
+    gradient and, on FLAIR, brightening toward the skull base), noise level, thick slices (blur along
+    one axis, in a third of the images) and gain."""
+    signal = case_signal(rng)
     images = np.zeros((len(MODALITIES), *grid), np.float32)
     for m in range(len(MODALITIES)):
         clean = np.tensordot(signal[:, m], fractions, axes=1)
-        clean *= 1 + 0.05 * smooth_noise(rng, grid, spacing, 6.0)          # tissue texture
-        clean *= np.exp(0.18 * smooth_noise(rng, grid, spacing, 90.0))      # bias field
-        sigma = 0.035
+        # tumour tissue is uneven, in each modality its own way: real oedema's FLAIR quartiles lie
+        # about twice as far apart as a uniform tissue's would (bench/results/sim2real.json)
+        tumour = np.tensordot(signal[TUMOUR_TISSUES, m], fractions[TUMOUR_TISSUES], axes=1)
+        clean += tumour * rng.uniform(0.1, 0.25) * smooth_noise(rng, grid, spacing, 6.0)
+        clean *= 1 + rng.uniform(0.03, 0.09) * smooth_noise(rng, grid, spacing, 4.0)   # tissue texture
+        # bias field: smooth, plus a gradient from the top of the head to the bottom (coil sensitivity)
+        gradient = rng.uniform(-0.25, 0.25) * np.clip(-xyz[2] / 70.0, -1.0, 1.0)
+        if MODALITIES[m] == "t2f":   # FLAIR brightens toward the skull base (inflow and B1 effects)
+            gradient = gradient + rng.uniform(0.1, 0.6) * np.clip((-xyz[2] - 20.0) / 40.0, 0.0, 1.0)
+        clean *= np.exp(rng.uniform(0.05, 0.2) * smooth_noise(rng, grid, spacing, 90.0) + gradient)
+        if rng.random() < 1 / 3:
+            clean = ndimage.gaussian_filter1d(clean, rng.uniform(1.0, 2.5) / spacing, axis=int(rng.integers(3)))
+        sigma = rng.uniform(0.02, 0.05)
         noisy = np.hypot(clean + sigma * rng.standard_normal(grid),
                          sigma * rng.standard_normal(grid))
         gain = rng.uniform(300.0, 1500.0)
@@ -225,7 +300,7 @@ def make_case(seed: int, patient: int, visit_index: int, grid: tuple[int, int, i
     visit_rng = np.random.default_rng([seed, patient, visit_index + 1])
     for i in range(1, visit_index + 1):  # each visit evolves the previous one
         tumour = evolve(tumour, np.random.default_rng([seed, patient, i, 7]), i)
-    labels, oedema_strength = tumour_labels(tumour, visit_rng, grid, spacing, xyz, brain)
+    labels, oedema_strength = tumour_labels(tumour, visit_rng, grid, spacing, xyz, brain, tissue)
     lesions = wm_lesions(visit_rng, xyz, labels > 0, brain_r)
     fractions = np.zeros((len(TISSUES), *grid), np.float64)
     fractions[:3] = tissue * (1 - lesions)
@@ -241,7 +316,7 @@ def make_case(seed: int, patient: int, visit_index: int, grid: tuple[int, int, i
             inside *= oedema_strength
         fractions[:3] *= 1 - np.clip(inside, 0, 1)
         fractions[TISSUE_INDEX[name]] = inside
-    return render(visit_rng, fractions, brain, grid, spacing), labels, mni_affine(spacing)
+    return render(visit_rng, fractions, brain, grid, spacing, xyz), labels, mni_affine(spacing)
 
 
 def plan(params: SynthesizeParams, seed: int) -> list[tuple[int, int]]:

@@ -206,6 +206,23 @@ def test_stored_case_is_cropped_and_zscored_inside_the_head(tmp_path, one_case, 
         np.testing.assert_allclose(inside, expected, rtol=2 ** -11, atol=1e-7)   # float16 rounding
 
 
+def test_manifest_digest_follows_the_intensities_not_only_the_labels(tmp_path, one_case, small_case):
+    """Training and tuning fingerprint the manifest: a case whose images change while its labels do
+    not (a changed generator) must change it, or a resumed run or an Optuna study would carry over."""
+    out = tmp_path / "out"
+    out.mkdir()
+    first = preprocess_case(case_at(one_case), out)
+    again = preprocess_case(case_at(one_case), tmp_path / "out")
+    assert first == again
+    images = small_case[0].copy()
+    images[3][images[3] > 0] *= 1.5          # FLAIR brighter; z-scoring keeps a linear change, so bend it
+    images[3] = np.sqrt(images[3])
+    rewrite(one_case, "t2f", images[3])
+    changed = preprocess_case(case_at(one_case), out)
+    assert changed["label_voxels"] == first["label_voxels"] and changed["crop_box"] == first["crop_box"]
+    assert changed["sha256"] != first["sha256"]
+
+
 def test_zscore_by_hand():
     images = np.array([[[[0.0, 1.0], [3.0, 0.0]]]])  # (C=1, 1, 2, 2): head voxels 1 and 3
     mask = images[0] != 0

@@ -126,13 +126,68 @@ def test_tumour_compartments_have_their_signal(default_dataset):
 
 
 def test_no_single_modality_threshold_finds_the_whole_tumour(default_dataset):
-    worst = 0.0
-    for images, labels, _ in default_dataset:
+    """Per case, the best threshold of any one modality against the whole tumour. On real scans FLAIR
+    alone does well in some cases: on the 20 public BraTS 2018 cases (at 2 mm) the best per-case IoU
+    has median 0.53, 8 cases at 0.70 or more, maximum 0.86 (T1, T1c and T2 stay below 0.63). The
+    synthetic set must be at least as hard, so that a model learns to combine the modalities: median
+    below 0.55, at most a quarter of the cases at 0.7 or more, none at 0.85. (Before issue 23 every
+    case was below 0.7, with contrasts far narrower than real ones; with real contrasts and no
+    uneven tumour signal the median was 0.60 and the maximum 0.93.)"""
+    best = np.zeros(len(default_dataset))
+    for i, (images, labels, _) in enumerate(default_dataset):
         brain = images[0] > 0
         wt = np.isin(labels, REGIONS["WT"])[brain]
-        for m in range(len(MODALITIES)):
-            worst = max(worst, best_threshold_iou(images[m][brain], wt))
-    assert worst < 0.7
+        best[i] = max(best_threshold_iou(images[m][brain], wt) for m in range(len(MODALITIES)))
+    assert np.median(best) < 0.55
+    assert (best >= 0.7).mean() <= 0.25
+    assert best.max() < 0.85
+
+
+# Per-case statistics of 20 public BraTS 2018 training cases (bench/results/sim2real.json, "real"):
+# the quartiles over cases. The synthetic set's median must fall inside them (volumes: see below).
+REAL_QUARTILES = {
+    "brain_cm3": (1404.0, 1531.0),
+    "head_z_mm": (127.5, 147.5),  # real: median 137.5 (the cerebellum and brainstem below the cerebrum)
+    "tc_cm3": (32.1, 94.7),
+    "snfh_over_tc": (0.77, 1.60),
+    ("t2f", 2): (1.38, 2.18),   # FLAIR in oedema, z-scored over the head
+    ("t2f", 1): (1.26, 2.93),   # FLAIR in necrosis: bright, as in real gliomas
+    ("t1c", 3): (1.03, 2.08),   # T1c in enhancing tumour
+    ("t1c", 1): (-0.94, -0.11),  # T1c in necrosis
+    ("t1n", 1): (-1.04, -0.21),
+}
+
+
+def case_figures(images: np.ndarray, labels: np.ndarray) -> dict:
+    head = images[0] > 0
+    voxel_cm3 = 2.0 ** 3 / 1000
+    tc = np.isin(labels, REGIONS["TC"])
+    slices = np.flatnonzero(head.any(axis=(0, 1)))
+    out = {"brain_cm3": head.sum() * voxel_cm3, "head_z_mm": (slices[-1] - slices[0] + 1) * 2.0,
+           "tc_cm3": tc.sum() * voxel_cm3,
+           "snfh_over_tc": (labels == 2).sum() / tc.sum() if tc.any() else None}
+    for name, label in (key for key in REAL_QUARTILES if isinstance(key, tuple)):
+        m = MODALITIES.index(name)
+        values = images[m][head]
+        z = (images[m] - values.mean()) / values.std()
+        out[(name, label)] = float(np.median(z[labels == label])) if (labels == label).sum() > 20 else None
+    return out
+
+
+def test_tumours_and_contrast_resemble_real_gliomas(default_dataset):
+    """Issue 23: sizes, oedema/core ratio and tumour contrast where real BraTS cases put them, and the
+    contrast drawn per case (a spread across cases like the real one, not one value)."""
+    figures = [case_figures(images, labels) for images, labels, _ in default_dataset]
+    for key, (low, high) in REAL_QUARTILES.items():
+        values = [f[key] for f in figures if f[key] is not None]
+        median = float(np.median(values))
+        # post-treatment cases (resected, smaller) pull the synthetic tumour-core volume down: allow
+        # two thirds of the real lower quartile
+        low = low * 2 / 3 if key == "tc_cm3" else low
+        assert low <= median <= high, (key, median)
+    t1c_et = [f[("t1c", 3)] for f in figures if f[("t1c", 3)] is not None]
+    q1, q3 = np.percentile(t1c_et, [25, 75])
+    assert q3 - q1 > 0.5   # real: 1.06; one fixed signal per tissue gave 0.46
 
 
 def test_patient_of_case_ids():
