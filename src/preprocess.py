@@ -8,7 +8,7 @@ For every case under `paths.raw_dir` (synthetic, or real BraTS of any edition: s
   chunked and compressed (src/layout.py), so a training worker cuts a patch without reading the case;
   a resampled case also keeps its labels on its own grid (`native_label.b2nd`), to score against.
 Then `manifest.json` (edition, spacing; patient, crop box, original shape and affine, and the sha256 of
-the stored image and labels of each case),
+the prepared image and labels of each case),
 `splits.json` (a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
 
 The whole output is written beside `preprocessed_dir` and swapped in at the end, so an earlier output
@@ -72,11 +72,18 @@ def preprocess_case(case: Case, out_dir: Path, spacing: tuple[float, float, floa
         "spacing_mm": list(prepared.spacing),
         "native_spacing_mm": list(prepared.native_spacing),
         "label_voxels": np.bincount(prepared.native_labels.ravel(), minlength=len(LABELS)).tolist(),
-        # what training reads: training and tuning fingerprint the manifest, so new intensities with
-        # the same labels (a changed generator, another scanner export) are new data to them
-        "sha256": hashlib.sha256(np.ascontiguousarray(prepared.image).tobytes()
-                                 + np.ascontiguousarray(prepared.labels).tobytes()).hexdigest(),
+        # training and tuning fingerprint the manifest, so new intensities with the same labels (a
+        # changed generator, another scanner export) are new data to them
+        "sha256": digest(prepared.image, prepared.labels),
     }
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """sha256 of the arrays' bytes, one after the other, without copying them into one buffer."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def _work(job: tuple[Case, Path, PreprocessParams]) -> Outcome:

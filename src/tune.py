@@ -146,7 +146,7 @@ def claim_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, url: 
                 params: Params) -> optuna.Trial | None:
     """A new trial of `study` (in `storage`, at `url`), or None when tune.trials are finished or
     running already."""
-    with storage_lock(url, study.study_name, storage.engine if url.startswith("postgresql") else None):
+    with storage_lock(url, study.study_name, getattr(storage, "engine", None)):
         if is_heartbeat_enabled(study._storage):
             optuna.storages.fail_stale_trials(study)        # a killed process's trial frees its slot
         trials = study.get_trials(deepcopy=False)

@@ -12,7 +12,9 @@ import pytest
 
 from brats import CASE_PATTERN, MODALITIES, REGIONS, patient_of
 from params import SynthesizeParams
-from synthesize import make_case, mni_affine, plan, synthesize
+from scipy import ndimage
+
+from synthesize import DEEP_GREY, anatomy, coordinates, make_case, mni_affine, plan, synthesize
 
 TINY = SynthesizeParams(patients=3, visits=3, grid=(40, 48, 40), spacing_mm=4.0, workers=1)
 
@@ -158,12 +160,13 @@ REAL_QUARTILES = {
 }
 
 
-def case_figures(images: np.ndarray, labels: np.ndarray) -> dict:
+def case_figures(images: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> dict:
     head = images[0] > 0
-    voxel_cm3 = 2.0 ** 3 / 1000
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    voxel_cm3 = float(np.prod(spacing)) / 1000
     tc = np.isin(labels, REGIONS["TC"])
     slices = np.flatnonzero(head.any(axis=(0, 1)))
-    out = {"brain_cm3": head.sum() * voxel_cm3, "head_z_mm": (slices[-1] - slices[0] + 1) * 2.0,
+    out = {"brain_cm3": head.sum() * voxel_cm3, "head_z_mm": (slices[-1] - slices[0] + 1) * spacing[2],
            "tc_cm3": tc.sum() * voxel_cm3,
            "snfh_over_tc": (labels == 2).sum() / tc.sum() if tc.any() else None}
     for name, label in (key for key in REAL_QUARTILES if isinstance(key, tuple)):
@@ -177,7 +180,7 @@ def case_figures(images: np.ndarray, labels: np.ndarray) -> dict:
 def test_tumours_and_contrast_resemble_real_gliomas(default_dataset):
     """Issue 23: sizes, oedema/core ratio and tumour contrast where real BraTS cases put them, and the
     contrast drawn per case (a spread across cases like the real one, not one value)."""
-    figures = [case_figures(images, labels) for images, labels, _ in default_dataset]
+    figures = [case_figures(*case) for case in default_dataset]
     for key, (low, high) in REAL_QUARTILES.items():
         values = [f[key] for f in figures if f[key] is not None]
         median = float(np.median(values))
@@ -188,6 +191,27 @@ def test_tumours_and_contrast_resemble_real_gliomas(default_dataset):
     t1c_et = [f[("t1c", 3)] for f in figures if f[("t1c", 3)] is not None]
     q1, q3 = np.percentile(t1c_et, [25, 75])
     assert q3 - q1 > 0.5   # real: 1.06; one fixed signal per tissue gave 0.46
+
+
+def test_anatomy_has_cerebellum_brainstem_and_deep_grey():
+    """Below the cerebrum, tissue (cerebellum and brainstem), and deep grey nuclei where they belong:
+    without them a network takes real inferior and deep slices for tumour."""
+    grid, spacing = (91, 109, 91), 2.0
+    xyz = coordinates(grid, spacing)
+    brain, tissue, cerebral_r = anatomy(np.random.default_rng(0), grid, spacing, xyz)
+    assert np.count_nonzero(brain & (cerebral_r >= 1.0)) * spacing ** 3 / 1000 > 50   # cm³
+    for centre, _ in DEEP_GREY:      # the nucleus' centre, right and left, is mostly grey matter
+        for side in (-1, 1):
+            mm = (side * centre[0], centre[1], centre[2])
+            index = tuple(int(round(c / spacing + (n - 1) / 2)) for c, n in zip(mm, grid))
+            assert tissue[1][index] > 0.5, (centre, side)
+
+
+def test_oedema_is_always_connected_to_the_tumour(default_dataset):
+    for _, labels, _ in default_dataset:
+        pieces, n = ndimage.label(labels > 0)
+        with_core = np.unique(pieces[np.isin(labels, (1, 3, 4))])
+        assert set(range(1, n + 1)) <= set(with_core.tolist())
 
 
 def test_patient_of_case_ids():
