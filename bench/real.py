@@ -103,7 +103,7 @@ def pretrain(work: Path, log: Path) -> tuple[Path, float]:
     shutil.copytree(ROOT / "tune", folder / "tune")
     minutes = sum(run([sys.executable, f"src/{stage}.py"], folder, log) for stage in ("synthesize", "preprocess",
                                                                                         "train"))
-    return folder / "models" / "model.pt", minutes
+    return folder / "models" / "folds" / "fold_0" / "model.pt", minutes
 
 
 def main() -> None:
@@ -148,8 +148,9 @@ def main() -> None:
         np.random.default_rng([params.base.seed, k]).shuffle(rest)
         n_val = max(1, round(len(rest) * params.preprocess.val_fraction))
         split = {"test": set(folds[k]), "val": set(rest[:n_val]), "train": set(rest[n_val:])}
-        (pre / "splits.json").write_text(json.dumps(
-            {name: sorted(c for c, p in patients.items() if p in group) for name, group in split.items()}, indent=1))
+        cases = {name: sorted(c for c, p in patients.items() if p in group) for name, group in split.items()}
+        cases["folds"] = [{"train": cases["train"], "val": cases["val"]}]      # one training fold (train.folds [0])
+        (pre / "splits.json").write_text(json.dumps(cases, indent=1))
         fold_dir = args.work / "folds" / str(k)
         paths = {f"paths.{key}": str(fold_dir / value) for key, value in (
             ("models_dir", "models"), ("metrics_dir", "metrics"), ("predictions_dir", "predictions"),

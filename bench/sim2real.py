@@ -1,7 +1,7 @@
 """How far what the embedded synthetic set teaches carries to real MRI (issue 23): score a model on
 real cases, and compare the real cases' statistics with the synthetic ones'.
 
-    python bench/sim2real.py --data REAL_DIR [--weights models/model.pt] [--synthetic data/synthetic]
+    python bench/sim2real.py --data REAL_DIR [--weights models] [--synthetic data/synthetic]
                              [--out bench/results/sim2real.json] [--work /tmp/sim2real] [--plot FILE.png]
                              [--params params.yaml] [--no-score]
 
@@ -152,7 +152,8 @@ def plot(real: dict[str, dict], synthetic: dict[str, dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="real cases with labels, any BraTS edition's layout")
-    ap.add_argument("--weights", type=Path, default=ROOT / "models" / "model.pt")
+    ap.add_argument("--weights", type=Path, default=ROOT / "models",
+                    help="the model folder (default: the pipeline's) or a weights file, as predict.py takes it")
     ap.add_argument("--synthetic", type=Path, default=ROOT / "data" / "synthetic",
                     help="the synthetic cases to compare with (the synthesize stage's output)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sim2real.json")
@@ -169,8 +170,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         if args.score:
-            from weights import read
-            saved = read(args.weights)
+            from weights import read, weights_in
+            saved = read(weights_in(args.weights)[0])
             result["weights_spacing_mm"] = saved["inference"]["spacing_mm"]
             result["score"] = score(args.data, args.weights, work, args.params)
     real, synthetic = statistics_of(args.data), statistics_of(args.synthetic)

@@ -1,6 +1,7 @@
 """Stage `evaluate`, and a scorer for any folder of BraTS-format predictions.
 
-As the DVC stage (`python src/evaluate.py`): predict every test case with the trained weights, apply
+As the DVC stage (`python src/evaluate.py`): predict every test case with the trained weights (the
+ensemble of the `train.folds` folds: their probabilities averaged), apply
 the post-processing the postprocess stage chose (`models/postprocessing.json`), and write
 `metrics/evaluate.json` (per-region means of IoU, Dice, HD95, lesion-wise Dice and HD95 of the
 post-processed masks, and under `no_postprocessing` the IoU and lesion-wise scores without it, for
@@ -42,7 +43,7 @@ from prepare import spacing_of
 import resample
 from predictor import Predictor, Settings
 from runtime import default_device
-from weights import WEIGHTS_FILE, read
+from weights import fold_weights, read
 
 KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
 RAW_KEYS = ("iou", "lesionwise_dice", "lesionwise_hd95")     # reported without post-processing too
@@ -143,9 +144,11 @@ def evaluate(params: Params) -> dict:
     end with the metrics files, so a killed run leaves the previous set whole."""
     paths, ep = params.paths, params.evaluate
     device = default_device()
-    weights = paths.models_dir / WEIGHTS_FILE
+    weights = fold_weights(paths.models_dir, params.train.folds)
+    pp_file = paths.models_dir / postprocessing.FILE
+    postprocessing.check_weights(pp_file, weights)
     predictor = Predictor(weights, Settings.of(ep, device), device)
-    predictor.pp = pp = postprocessing.load(paths.models_dir / postprocessing.FILE, predictor.spec.regions)
+    predictor.pp = pp = postprocessing.load(pp_file, predictor.spec.regions)
     manifest = load_manifest(paths.preprocessed_dir)
     cases = load_split(paths.preprocessed_dir, "test")
     per_case, raw_case = {}, {}
@@ -174,7 +177,7 @@ def evaluate(params: Params) -> dict:
         write_json(paths.metrics_dir / "evaluate.json", metrics)
         write_csv(paths.metrics_dir / "evaluate_cases.csv", ["case"] + [f"{k}_{r}" for k in columns for r in REGIONS],
                   ([case] + [round(s[r][k], 4) for k in columns for r in REGIONS] for case, s in per_case.items()))
-        model_card.write(paths.model_card, read(weights), pp, metrics, params)
+        model_card.write(paths.model_card, read(weights[0]), pp, metrics, params, len(weights))
     print("without post-processing:\n" + table(raw_mean))
     print("with post-processing (what predict writes):\n" + table(mean))
     return metrics

@@ -30,7 +30,7 @@ from dataset import PatchDataset
 from errors import UserError
 from files import file_sha256
 from inference import predict_probs, probs_to_labels
-from layout import MANIFEST_FILE, SPLITS_FILE, open_case
+from layout import MANIFEST_FILE, open_case
 from losses import combined_loss, deep_supervision_loss
 from metrics import mean_scores, region_scores
 from model import UNet3D
@@ -65,20 +65,23 @@ class FitState:
 
 
 # Params that cannot change the weights: a checkpoint stays resumable, a study stays the same study.
-NOT_IN_FINGERPRINT = ("train.workers", "train.mlflow", "train.mlflow_log_model", "train.mlflow_model_name",
+# (train.folds: a fold's own cases are hashed instead, so a fold keeps its checkpoint when K changes
+# but its cases do not.)
+NOT_IN_FINGERPRINT = ("train.folds", "train.workers", "train.mlflow", "train.mlflow_log_model", "train.mlflow_model_name",
                       "train.wandb", "train.experiment")
 
 
-def fingerprint(params: Params) -> str:
-    """Identifies a training run's inputs (params that shape the weights, and the data)."""
+def fingerprint(params: Params, train_cases: list[str], val_cases: list[str]) -> str:
+    """Identifies a training run's inputs: the params that shape the weights, the data (manifest) and
+    the cases it trains and validates on."""
     pre = params.paths.preprocessed_dir
     relevant = {k: v for k, v in flat_params(params).items() if k not in NOT_IN_FINGERPRINT}
+    relevant["cases"] = {"train": sorted(train_cases), "val": sorted(val_cases)}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
-    for name in (MANIFEST_FILE, SPLITS_FILE):
-        try:
-            digest.update((pre / name).read_bytes())
-        except FileNotFoundError:
-            raise UserError(f"{pre / name} not found: run `dvc repro preprocess` first") from None
+    try:
+        digest.update((pre / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{pre / MANIFEST_FILE} not found: run `dvc repro preprocess` first") from None
     init = init_weights(params)
     if init is not None and init.exists():
         digest.update(file_sha256(init).encode())

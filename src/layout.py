@@ -6,7 +6,9 @@
                                                 where preprocess resampled the case (`preprocess.spacing_mm`)
     <preprocessed_dir>/manifest.json            edition, spacing; per case: patient, crop box, shapes,
                                                 affine, spacing (stored and native)
-    <preprocessed_dir>/splits.json              {"train", "val", "test"}: case names, grouped by patient
+    <preprocessed_dir>/splits.json              {"train", "val", "test"}: case names, grouped by patient;
+                                                "folds": per cross-validation fold (`train.folds`)
+                                                its {"train", "val"} (fold 0 of one fold: train, val)
     <preprocessed_dir>/report.json              counts and skipped cases
 
 The arrays are Blosc2 NDArrays (the format nnU-Net v2 keeps its preprocessed data in), LZ4 with byte
@@ -71,6 +73,20 @@ def load_split(pre_dir: Path, split: str) -> list[str]:
         raise UserError(f"the {split} split in {path} is empty; add cases or change "
                         "preprocess.val_fraction / test_fraction")
     return cases
+
+
+def load_fold(pre_dir: Path, fold: int) -> tuple[list[str], list[str]]:
+    """Training and held-out case names of cross-validation fold `fold` (train.folds)."""
+    path = pre_dir / SPLITS_FILE
+    folds = read_json(path, "the train/val/test split", stage="preprocess").get("folds") or []
+    if not 0 <= fold < len(folds):
+        raise UserError(f"{path} holds {len(folds)} cross-validation fold(s), not fold {fold}: train.folds "
+                        "changed since preprocess ran; run `dvc repro` (it reruns preprocess first)")
+    train, val = folds[fold]["train"], folds[fold]["val"]
+    if not train or not val:
+        raise UserError(f"fold {fold} in {path} has no {'training' if not train else 'held-out'} case; add "
+                        "cases or change preprocess.val_fraction / train.folds")
+    return train, val
 
 
 def _checksum(array: np.ndarray) -> int:

@@ -136,6 +136,9 @@ class TrainParams:
     compile: bool
     deterministic: bool
     init_weights: str                   # "" = random; else a weights file whose tensors start the run
+    # Cross-validation folds to train, [0, 1, ..., K-1] (a list, so that dvc.yaml's matrix makes one
+    # stage per fold: train@0 ... train@K-1). [0]: one model on the train/val split.
+    folds: tuple[int, ...] = _num(0, 99)
     workers: int = _num(0, 256)
     val_every: int = _num(1)
     val_overlap: float = _num(0.0, 1.0, hi_open=True)
@@ -222,6 +225,9 @@ class Params:
         if self.train.mlflow_model_name and not self.train.mlflow_log_model:
             raise ParamsError("train.mlflow_model_name needs train.mlflow_log_model: true (a model is "
                               "registered from the logged one)")
+        if self.train.folds != tuple(range(len(self.train.folds))):
+            raise ParamsError(f"train.folds {list(self.train.folds)}: must be [0, 1, ..., K-1] for K folds "
+                              "([0] for one model on the train/val split; [0, 1, 2, 3, 4] for nnU-Net's five)")
         if self.preprocess.val_fraction + self.preprocess.test_fraction >= 1.0:
             raise ParamsError("preprocess.val_fraction + preprocess.test_fraction must be below 1 "
                               "so that some patients are left for training")

@@ -1,12 +1,18 @@
-"""Stage `postprocess`: choose the post-processing (src/postprocessing.py) on the validation split.
+"""Stage `postprocess`: choose the post-processing (src/postprocessing.py) on out-of-fold predictions.
 
 BraTS 2024's headline metric is lesion-wise: every predicted blob that meets no ground-truth lesion is
 a false positive scoring Dice 0 and HD95 337 mm, so a few stray voxels cost more than a rough border.
-As the challenge's winners do, small components are removed with volume thresholds tuned on
-validation data. This stage predicts the validation cases with the evaluate stage's inference
-settings (`evaluate.overlap`, `batch`, `mirror`, `compile`: predictor.Predictor), picks each rule's threshold from
-`postprocess.candidates_mm3` (`candidates_fraction` for the relative rule), and writes `models/postprocessing.json` beside the weights (DVC output,
-pushed and pulled with them) with the validation score before and after and every candidate tried.
+As the challenge's winners do, small components are removed with volume thresholds tuned on held-out
+data, and as nnU-Net does, on the out-of-fold predictions of the whole training set: each fold of
+`train.folds` predicts the cases it did not train on (with one fold, the validation split), with the
+evaluate stage's inference settings (`evaluate.overlap`, `batch`, `mirror`, `compile`:
+predictor.Predictor). Each rule's threshold is picked from `postprocess.candidates_mm3`
+(`candidates_fraction` for the relative rule).
+
+Writes `models/postprocessing.json` beside the fold weights (DVC output, pushed and pulled with them)
+with the score before and after, every candidate tried and the SHA-256 of every fold's weights (the
+ensemble the thresholds were chosen for), and `metrics/cv.json`: the cross-validation scores (IoU,
+Dice, lesion-wise Dice per region, with and without the post-processing, and per fold).
 """
 
 from __future__ import annotations
@@ -14,44 +20,72 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from brats import REGIONS
 from errors import UserError, run_stage
-from layout import load_manifest, load_split, native_labels, native_shape, open_case
+from files import file_sha256, write_json
+from layout import load_fold, load_manifest, native_labels, native_shape, open_case
+from metrics import case_scores, mean_scores
 from params import Params, load_params
+import postprocessing
 from postprocessing import FILE, Postprocessing, save, select
 from predictor import Predictor, Settings
 from runtime import default_device
-from weights import WEIGHTS_FILE
+from weights import fold_weights
+
+CV_FILE = "cv.json"
+CV_KEYS = ("iou", "dice", "lesionwise_dice")
+
+Case = tuple[np.ndarray, np.ndarray, tuple[float, float, float]]   # prediction, ground truth, spacing
 
 
-def predict_split(params: Params, split: str, progress: str) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
-    """(prediction, ground truth, spacing) of every case of a split on the case's own grid, as the
-    evaluate stage predicts and scores."""
+def out_of_fold(params: Params) -> dict[int, dict[str, Case]]:
+    """Per fold, (prediction, ground truth, spacing) of each case it held out, on the case's own grid,
+    as the evaluate stage predicts and scores. One fold's network in memory at a time."""
     paths = params.paths
     device = default_device()
-    predictor = Predictor(paths.models_dir / WEIGHTS_FILE, Settings.of(params.evaluate, device), device)
+    settings = Settings.of(params.evaluate, device)
     manifest = load_manifest(paths.preprocessed_dir)
-    out = []
-    for case in tqdm(load_split(paths.preprocessed_dir, split), desc=progress, unit="case"):
-        entry = manifest[case]
-        image = open_case(paths.preprocessed_dir, case)[0].read()
-        gt = native_labels(paths.preprocessed_dir, case, entry)
-        spacing = tuple(entry["native_spacing_mm"])
-        out.append((predictor.labels(image, native_shape(entry), spacing)[0], gt, spacing))
+    out: dict[int, dict[str, Case]] = {}
+    for fold, weights in zip(params.train.folds, fold_weights(paths.models_dir, params.train.folds)):
+        predictor = Predictor(weights, settings, device)
+        out[fold] = {}
+        for case in tqdm(load_fold(paths.preprocessed_dir, fold)[1], desc=f"predict fold {fold}", unit="case"):
+            entry = manifest[case]
+            image = open_case(paths.preprocessed_dir, case)[0].read()
+            gt = native_labels(paths.preprocessed_dir, case, entry)
+            spacing = tuple(entry["native_spacing_mm"])
+            out[fold][case] = (predictor.labels(image, native_shape(entry), spacing)[0], gt, spacing)
     return out
+
+
+def scores(cases: list[Case], pp: Postprocessing) -> dict[str, dict[str, float]]:
+    """Mean IoU, Dice and lesion-wise Dice per region of the cases, post-processed by `pp`."""
+    per_case = [case_scores(postprocessing.apply(pred, pp, spacing), gt, spacing, distances=False)
+                for pred, gt, spacing in cases]
+    mean = mean_scores(per_case)
+    return {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in CV_KEYS}
 
 
 def postprocess(params: Params) -> Postprocessing:
     """The DVC stage."""
-    cases = predict_split(params, "val", "predict val")
+    paths = params.paths
+    folds = out_of_fold(params)
+    cases = [c for fold in folds.values() for c in fold.values()]
     if not cases:
-        raise UserError("the validation split is empty (preprocess.val_fraction); post-processing is chosen "
-                        "on validation cases")
+        raise UserError("no held-out case to choose the post-processing on (preprocess.val_fraction, train.folds)")
     pp, record = select(cases, params.postprocess.candidates_mm3, params.postprocess.candidates_fraction,
                         params.postprocess.min_gain, progress=True)
-    save(params.paths.models_dir / FILE, pp, record)
+    weights = [{"path": w.relative_to(paths.models_dir).as_posix(), "sha256": file_sha256(w)}
+               for w in fold_weights(paths.models_dir, params.train.folds)]
+    save(paths.models_dir / FILE, pp, record, weights)
+    cv = {**scores(cases, pp), "no_postprocessing": scores(cases, Postprocessing.none()),
+          "folds": len(folds), "cases": len(cases),
+          "per_fold": {str(k): {"cases": len(v), **scores(list(v.values()), pp)} for k, v in folds.items()}}
+    write_json(paths.metrics_dir / CV_FILE, cv)
     picked = ", ".join(f"{rule} {v:g}" for rule, v in pp.min_mm3.items() if v) or "none"
-    print(f"post-processing (minimum mm³): {picked}; validation mean lesion-wise Dice "
-          f"{record['before']:.4f} -> {record['after']:.4f}")
+    print(f"post-processing (minimum mm³): {picked}; out-of-fold mean lesion-wise Dice "
+          f"{record['before']:.4f} -> {record['after']:.4f} on {len(cases)} case(s) of {len(folds)} fold(s); "
+          f"WT IoU {cv['iou']['WT']:.4f}")
     return pp
 
 

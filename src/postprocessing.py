@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from brats import MODEL_REGIONS, REGIONS, region_mask
 from errors import UserError
-from files import read_json, write_json
+from files import file_sha256, read_json, write_json
 from metrics import case_scores
 
 FILE = "postprocessing.json"
@@ -133,14 +133,37 @@ def select(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]
     return Postprocessing(chosen), {"before": round(baseline, 6), "after": round(best[1], 6), "tried": tried}
 
 
-def save(path: Path, pp: Postprocessing, record: dict) -> None:
+def save(path: Path, pp: Postprocessing, record: dict, weights: list[dict] | None = None) -> None:
+    """Write the file; `weights`: the fold weights it was chosen for ({"path" relative to the file's
+    folder, "sha256"}), which predict.py reads when given the folder."""
     write_json(path, {"format": FORMAT, "regions": list(pp.regions), "min_mm3": pp.min_mm3,
+                      "weights": weights or [],
                       "rules": {"WT_rel": "WT components below this fraction of the case's largest -> background",
                                 "WT": "WT components below the volume -> background",
                                 "TC": "TC components below it -> SNFH", "ET": "ET components below it -> NETC",
                                 "ET_all": "all ET of a case when its total is below it -> NETC",
                                 "RC": "RC components below it -> background"},
                       "validation": record})
+
+
+def weights_of(path: Path) -> list[tuple[Path, str]]:
+    """The fold weights a post-processing file was chosen for (paths beside it) and their SHA-256."""
+    raw = read_json(Path(path), "the post-processing thresholds", "postprocess")
+    listed = raw.get("weights") if isinstance(raw, dict) else None
+    try:
+        return [(Path(path).parent / w["path"], str(w["sha256"])) for w in listed or []]
+    except (TypeError, KeyError):
+        raise UserError(f"{path}: its weights list is damaged; rerun `dvc repro postprocess`") from None
+
+
+def check_weights(path: Path, weights: list[Path], exact: bool = True) -> None:
+    """Refuse weights other than those the post-processing file `path` was chosen for (when it lists
+    them): all of them (`exact`), or some of them (one fold of the ensemble)."""
+    listed = sorted(h for _, h in weights_of(path))
+    given = sorted(file_sha256(w) for w in weights)
+    if listed and (given != listed if exact else not set(given) <= set(listed)):
+        raise UserError(f"{path} was chosen for other weights than {', '.join(map(str, weights))} (their SHA-256 "
+                        "differ): rerun `dvc repro postprocess`, or `dvc pull` the weights and file of one commit")
 
 
 def load(path: Path, regions: tuple[str, ...]) -> Postprocessing:

@@ -1,7 +1,9 @@
 """Predict BraTS 2024 label maps for new cases: a valid challenge submission.
 
-    python src/predict.py --weights models/model.pt --input CASES_DIR --output PRED_DIR
+    python src/predict.py --weights models --input CASES_DIR --output PRED_DIR
 
+`--weights` is the model folder (`models`: every fold of `train.folds` and the post-processing chosen
+for them, as `dvc pull` places them; the folds' probabilities are averaged) or one weights file.
 `--input` is one case or a folder of them, in any edition's layout (src/editions.py: a 2023/2024
 case folder, a 2017-2021 one, a Decathlon task or images folder; no seg needed). Each case is checked
 as preprocess checks it, prepared the same way (RAS, crop, resampled to the spacing the weights were
@@ -12,8 +14,8 @@ grid, with its shape and affine; 2024's labels 0-4, or another edition's values 
 window batch, 8-flip mirroring) are the evaluate stage's, read from params.yaml's `evaluate` section,
 so predict gives the masks the metrics describe; flags override them (`--no-mirror`: 8× faster;
 `--no-compile`: no torch.compile, for one small case or a machine without a C++ compiler).
-The post-processing the postprocess stage chose is applied too: `postprocessing.json` beside the
-weights (as `dvc pull` places it), or `--postprocessing FILE`; `--no-postprocessing` writes the
+The post-processing the postprocess stage chose is applied too: `postprocessing.json` in the model
+folder (for a weights file: in the model folder it lies in), or `--postprocessing FILE`; `--no-postprocessing` writes the
 network's masks as they are.
 
 A case whose output exists is skipped (`--overwrite` redoes it), so an interrupted run continues.
@@ -21,7 +23,7 @@ With `--compile` (the evaluate stage's `evaluate.compile`), the network is compi
 `--save-probabilities` also writes `<case>.probs.npz`: the network's per-region probabilities (before
 post-processing) on the input's grid as uint8 (probability = value / 255) with the region names and
 the affine. `predictions.json`
-records the weights' SHA-256 and inference spec, the settings, the software versions and, per case,
+records every weights file's SHA-256 and the inference spec, the settings, the software versions and, per case,
 the input's shape and affine and the seconds it took. A bad case is reported and skipped
 (`--fail-fast` stops instead; a machine that cannot compile stops at the first); the exit status is 1
 if any case failed.
@@ -53,6 +55,7 @@ from predictor import Predictor, Settings
 from prepare import prepare
 from runtime import resolve_precision
 from tracking import git_commit
+from weights import FOLDS_DIR, weights_in
 
 RECORD_FILE = "predictions.json"
 PROBS_SUFFIX = ".probs.npz"
@@ -90,7 +93,8 @@ def software() -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", type=Path, required=True, help="weights file from the train stage")
+    ap.add_argument("--weights", type=Path, required=True,
+                    help="the model folder (models: the folds and their post-processing) or one weights file")
     ap.add_argument("--input", type=Path, required=True,
                     help="a case (folder of any BraTS edition, or Decathlon image), or a folder of them")
     ap.add_argument("--output", type=Path, required=True, help="folder for <case>.nii.gz predictions")
@@ -149,24 +153,51 @@ def settings_for(args: argparse.Namespace) -> Settings:
                     pick(args.mirror, evaluate.mirror), precision, pick(args.compile, evaluate.compile))
 
 
-def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...]) -> tuple[Postprocessing, str | None]:
+def model_folder(weights: Path) -> Path:
+    """The folder that holds the post-processing of `--weights`: itself, or for a weights file of a
+    fold (`<models>/folds/fold_K/model.pt`) the model folder, else the file's folder."""
+    if weights.is_dir():
+        return weights
+    return weights.parents[2] if weights.parent.parent.name == FOLDS_DIR else weights.parent
+
+
+def weights_for(args: argparse.Namespace) -> list[Path]:
+    """The weights files to ensemble: `--weights` itself when a file; in a folder, the folds its
+    post-processing was chosen for (so a fold left from an earlier `train.folds` is not mixed in),
+    else every fold's weights there."""
+    if not args.weights.exists():
+        raise UserError(f"--weights {args.weights} not found: give the model folder (`dvc pull` fetches it) "
+                        "or a weights file")
+    pp_file = args.weights / postprocessing.FILE
+    if args.weights.is_dir() and pp_file.exists() and not args.no_postprocessing and not args.postprocessing:
+        listed = [w for w, _ in postprocessing.weights_of(pp_file)]
+        if listed:
+            return listed
+    return weights_in(args.weights)
+
+
+def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...],
+                       weights: list[Path]) -> tuple[Postprocessing, str | None]:
     """The post-processing to apply and the file it comes from (None: none applied)."""
     if args.no_postprocessing:
         return Postprocessing.none(), None
-    path = args.postprocessing or args.weights.parent / postprocessing.FILE
+    path = args.postprocessing or model_folder(args.weights) / postprocessing.FILE
     if args.postprocessing is None and not path.exists():
         print(f"warning: no {path} beside the weights: masks are not post-processed, unlike the evaluate "
               f"stage's (`dvc pull postprocess` fetches it; --no-postprocessing silences this)", file=sys.stderr)
         return Postprocessing.none(), None
+    if args.postprocessing is None:
+        postprocessing.check_weights(path, weights, exact=False)
     return postprocessing.load(path, regions), str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
-    predictor = Predictor(args.weights, settings, args.device, compile_key="--compile (evaluate.compile)")
+    weights = weights_for(args)
+    predictor = Predictor(weights, settings, args.device, compile_key="--compile (evaluate.compile)")
     spec = predictor.spec
-    pp, pp_file = postprocessing_for(args, spec.regions)
+    pp, pp_file = postprocessing_for(args, spec.regions, weights)
     predictor.pp = pp
     listing = find_cases(args.input, INPUT_HINT)
     cases = listing.cases
@@ -179,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     record_path = args.output / RECORD_FILE
     previous = read_json(record_path, "the record of an earlier run", "predict").get("cases", {}) \
         if record_path.exists() else {}
-    record = {"weights": {"path": str(args.weights), "sha256": file_sha256(args.weights),
+    record = {"weights": {"files": [{"path": str(w), "sha256": file_sha256(w)} for w in weights],
                           "inference": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(spec).items()}},
               "settings": {**dataclasses.asdict(settings), "device": str(args.device), "labels": args.labels,

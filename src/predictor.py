@@ -1,15 +1,19 @@
 """Trained weights, the inference settings and the post-processing together: the one way the
 postprocess and evaluate stages and predict.py turn an image into labels, so that their masks are the
-same for the same case."""
+same for the same case. Several weights files (the folds of a cross-validation) are an ensemble:
+their probabilities are averaged, each fold's own sliding window and mirroring first, then the
+post-processing, as nnU-Net ensembles its folds."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from errors import UserError
 from inference import predict_probs, probs_to_labels
 from params import EvaluateParams
 import postprocessing
@@ -36,22 +40,36 @@ class Settings:
 
 
 class Predictor:
-    """A weights file's network on `device`, run with `settings`, followed by `pp` (none by default).
-    `compile_key` names the setting that asked for compilation in the one-line error of a machine
-    that cannot compile."""
+    """The network of a weights file, or the ensemble of several (every network stays in memory: the
+    default one is 2 MB, nnU-Net's full-resolution one 120 MB), on `device`, run with `settings`,
+    followed by `pp` (none by default). `compile_key` names the setting that asked for compilation
+    in the one-line error of a machine that cannot compile."""
 
-    def __init__(self, weights: Path, settings: Settings, device: torch.device | str,
+    def __init__(self, weights: Path | Sequence[Path], settings: Settings, device: torch.device | str,
                  pp: Postprocessing | None = None, compile_key: str = "evaluate.compile"):
-        self.model, self.spec = load_model(weights, device, compile_key if settings.compile else None)
+        self.files = [Path(weights)] if isinstance(weights, (str, Path)) else [Path(w) for w in weights]
+        if not self.files:
+            raise UserError("no weights to predict with")
+        loaded = [load_model(f, device, compile_key if settings.compile else None) for f in self.files]
+        self.models = [model for model, _ in loaded]
+        self.spec = loaded[0][1]
+        for f, (_, spec) in zip(self.files[1:], loaded[1:]):
+            if spec != self.spec:
+                raise UserError(f"weights file {f} was trained with {spec}, but {self.files[0]} with {self.spec}: "
+                                "an ensemble needs folds of one training setting (patch, spacing, regions)")
         self.settings = settings
         self.pp = pp or Postprocessing.none()
 
     def probs(self, image: np.ndarray | torch.Tensor, out_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Region probabilities (R, X, Y, Z) of an image prepared at the weights' spacing, resampled
-        to `out_shape` (the case's own grid) when given."""
+        to `out_shape` (the case's own grid) when given; the mean over the ensemble's networks."""
         s = self.settings
-        return predict_probs(self.model, image, self.spec.patch, s.overlap, s.batch, s.mirror, s.precision,
-                             out_shape=out_shape)
+        total = None
+        for model in self.models:
+            probs = predict_probs(model, image, self.spec.patch, s.overlap, s.batch, s.mirror, s.precision,
+                                  out_shape=out_shape)
+            total = probs if total is None else total.add_(probs)
+        return total if len(self.models) == 1 else total.div_(len(self.models))
 
     def labels(self, image: np.ndarray | torch.Tensor, out_shape: tuple[int, int, int],
                spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:

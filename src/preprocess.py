@@ -9,7 +9,8 @@ For every case under `paths.raw_dir` (synthetic, or real BraTS of any edition: s
   a resampled case also keeps its labels on its own grid (`native_label.b2nd`), to score against.
 Then `manifest.json` (edition, spacing; patient, crop box, original shape and affine, and the sha256 of
 the prepared image and labels of each case),
-`splits.json` (a seeded train/val/test split grouped by patient) and `report.json` (skipped cases and why).
+`splits.json` (a seeded train/val/test split grouped by patient, and the `train.folds` cross-validation
+folds of the train and val patients) and `report.json` (skipped cases and why).
 
 The whole output is written beside `preprocessed_dir` and swapped in at the end, so an earlier output
 is replaced only by a complete new one. Only problems of an input case are skipped (with
@@ -123,13 +124,33 @@ def split_patients(patients: list[str], val_fraction: float, test_fraction: floa
             "train": sorted(order[n_test + n_val:])}
 
 
-def split_cases(manifest: dict[str, dict], p: PreprocessParams, seed: int) -> dict[str, list[str]]:
-    """Case names of each split; every visit of a patient lands in the same split."""
+def fold_patients(patients: list[str], k: int, seed: int) -> list[list[str]]:
+    """Patients shuffled with `seed` and dealt into `k` folds whose sizes differ by one at most."""
+    order = sorted(set(patients))
+    if k > len(order):
+        raise UserError(f"train.folds asks for {k} folds, but only {len(order)} patients are outside the test "
+                        "split: use fewer folds or add cases")
+    np.random.default_rng(seed).shuffle(order)
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def split_cases(manifest: dict[str, dict], p: PreprocessParams, seed: int, folds: int = 1) -> dict:
+    """Case names of each split; every visit of a patient lands in the same split. `folds`: the
+    cross-validation folds over the training patients (train and val together; test stays out),
+    each {"train", "val"}; with one fold, the train/val split itself."""
     by_patient = split_patients([e["patient"] for e in manifest.values()], p.val_fraction,
                                 p.test_fraction, seed)
     which = {patient: name for name, group in by_patient.items() for patient in group}
-    return {name: sorted(c for c, e in manifest.items() if which[e["patient"]] == name)
-            for name in ("train", "val", "test")}
+    splits: dict = {name: sorted(c for c, e in manifest.items() if which[e["patient"]] == name)
+                    for name in ("train", "val", "test")}
+    if folds == 1:
+        splits["folds"] = [{"train": splits["train"], "val": splits["val"]}]
+        return splits
+    held_out = fold_patients(by_patient["train"] + by_patient["val"], folds, seed)
+    pool = splits["train"] + splits["val"]
+    splits["folds"] = [{"train": sorted(c for c in pool if manifest[c]["patient"] not in group),
+                        "val": sorted(c for c in pool if manifest[c]["patient"] in group)} for group in held_out]
+    return splits
 
 
 def preprocess(params: Params) -> dict:
@@ -146,7 +167,7 @@ def preprocess(params: Params) -> dict:
             if not manifest:
                 reasons = "\n".join(f"  {reason}" for reason in skipped.values())
                 raise UserError(f"no case of {raw_dir} could be preprocessed:\n{reasons}")
-            splits = split_cases(manifest, params.preprocess, params.base.seed)
+            splits = split_cases(manifest, params.preprocess, params.base.seed, len(params.train.folds))
             # No absolute paths in outputs: their hashes must not depend on where the repository lives.
             target = params.preprocess.target_spacing
             write_json(tmp / MANIFEST_FILE, {"edition": edition_of(listing), "labels": EDITION,
@@ -154,7 +175,8 @@ def preprocess(params: Params) -> dict:
                                              "spacing_mm": list(target) if target else "keep", "cases": manifest})
             write_json(tmp / SPLITS_FILE, splits)
             report = {"processed": len(manifest), "skipped": skipped,
-                      "split_sizes": {k: len(v) for k, v in splits.items()}}
+                      "split_sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
+                      "folds": len(splits["folds"])}
             if listing.ignored:                      # entries of raw_dir that are not case folders
                 report["ignored"] = listing.ignored
             write_json(tmp / REPORT_FILE, report)
@@ -167,7 +189,7 @@ def main() -> None:
     params = load_params()
     report = preprocess(params)
     print(f"preprocessed {report['processed']} cases into {params.paths.preprocessed_dir} "
-          f"(train/val/test: {report['split_sizes']})")
+          f"(train/val/test: {report['split_sizes']}; {report['folds']} cross-validation fold(s))")
     for case, reason in report["skipped"].items():
         print(f"skipped {case}: {reason}", file=sys.stderr)
     for name, reason in report.get("ignored", {}).items():

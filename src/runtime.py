@@ -59,8 +59,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup_runtime(precision: str, deterministic: bool) -> Runtime:
-    """Device, precision, determinism and (under torchrun) the process group of a training process."""
+def setup_runtime(precision: str, deterministic: bool, slot: int = 0) -> Runtime:
+    """Device, precision, determinism and (under torchrun) the process group of a training process.
+    Under torchrun each process takes the GPU of its LOCAL_RANK; a single process takes GPU
+    `slot` modulo the GPUs it sees (the train stage passes its fold, so folds run side by side, as
+    `dvc queue start -j N` starts them, spread over the GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -72,7 +75,8 @@ def setup_runtime(precision: str, deterministic: bool) -> Runtime:
     else:
         torch.backends.cudnn.benchmark = True
     if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = os.environ.get("LOCAL_RANK")
+        device = torch.device("cuda", int(local) if local is not None else slot % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

@@ -1,19 +1,24 @@
-"""Stage `train`: fit the 3D U-Net on the preprocessed training split.
+"""Stage `train`: fit the 3D U-Net on the training cases of one cross-validation fold.
 
-    python src/train.py                               # one process: CUDA if present, else CPU
+    python src/train.py [--fold K]                    # one process: CUDA if present, else CPU
     torchrun --nproc_per_node=N src/train.py          # DistributedDataParallel on N GPUs (or CPU procs)
+
+dvc.yaml runs it once per fold of `train.folds` (stages train@0 ... train@K-1): fold K trains on the
+other folds' cases and validates on its own (with one fold: the train and val splits). A single
+process on a machine with several GPUs takes GPU K modulo their number, so folds started side by side
+(`dvc queue start -j N`) share them out.
 
 Adam (top-level `lr`, `weight_decay`, `beta1`, `beta2`), the loss and schedule from params, random
 patches with foreground oversampling and augmentation, sliding-window validation on the val split every
-`train.val_every` epochs. Writes the best and last weights (`models/model.pt`, `models/last.pt`) and
-logs with DVCLive into `paths.live_dir` (`dvclive/`): per-epoch loss and learning rate, validation
+`train.val_every` epochs. Writes the best and last weights (`models/folds/fold_K/model.pt`, `last.pt`) and
+logs with DVCLive into `paths.live_dir`/fold_K (`dvclive/fold_0/`): per-epoch loss and learning rate, validation
 scores at the epochs that validate (one row each, so curves have no gaps filled with zeros), the
 resolved optimizer values (`params.yaml`) and, at the end, the best epoch and its validation scores
 (`metrics.json`). The files are rewritten after every epoch, so `dvc plots show`, `dvc exp show` and
 the VS Code extension follow a run while it trains. Only what the model and data determine goes
 there; timing goes to the console, MLflow and W&B.
 
-A resume checkpoint is written atomically after every epoch under `paths.resume_dir`; running the
+A resume checkpoint is written atomically after every epoch under `paths.resume_dir`/fold_K; running the
 stage again after a kill resumes from it when params and data are unchanged, and it is deleted once
 the run finishes. With `train.deterministic`, a resumed run ends with the same weights as an
 uninterrupted one.
@@ -21,6 +26,8 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -31,15 +38,15 @@ import torch
 import torch.distributed as dist
 
 from brats import REGIONS
-from errors import run_stage
+from errors import UserError, run_stage
 from files import check_writable
 from fit import FitState, TrainingDiverged, build, fingerprint, fit, init_weights
-from layout import load_split, read_manifest
+from layout import load_fold, read_manifest
 from params import OPTIMIZER_KEYS, ROOT, Params, flat_params, load_params, resolve_tuned
 from runtime import setup_runtime
 from model import UNet3D
 from tracking import Tracker
-from weights import LAST_FILE, WEIGHTS_FILE, current_spec, provenance, save, weights_payload
+from weights import LAST_FILE, WEIGHTS_FILE, current_spec, fold_dir, provenance, save, weights_payload
 
 RESUME_FILE = "train_state.pt"
 
@@ -105,24 +112,33 @@ class LiveLog:
         self.live.make_summary()
 
 
-def train(params: Params) -> dict:
-    """Train as params say, resuming from a checkpoint of the same inputs; write the stage's outputs
-    and return the summary written to DVCLive's metrics.json."""
-    params = resolve_tuned(params)
+def fold_paths(params: Params, fold: int) -> Params:
+    """Params whose models, DVCLive and resume folders are fold `fold`'s own."""
+    paths = params.paths
+    return dataclasses.replace(params, paths=dataclasses.replace(
+        paths, models_dir=fold_dir(paths.models_dir, fold), live_dir=paths.live_dir / f"fold_{fold}",
+        resume_dir=paths.resume_dir / f"fold_{fold}"))
+
+
+def train(params: Params, fold: int = 0) -> dict:
+    """Train fold `fold` as params say, resuming from a checkpoint of the same inputs; write the
+    stage's outputs and return the summary written to DVCLive's metrics.json."""
+    if fold not in params.train.folds:
+        raise UserError(f"--fold {fold}: train.folds is {list(params.train.folds)}; train one of those folds")
+    train_cases, val_cases = load_fold(params.paths.preprocessed_dir, fold)
+    params = fold_paths(resolve_tuned(params), fold)
     tp, paths = params.train, params.paths
-    rt = setup_runtime(tp.precision, tp.deterministic)
+    rt = setup_runtime(tp.precision, tp.deterministic, slot=fold)
     if rt.main:
         for folder in (paths.models_dir, paths.live_dir, paths.resume_dir):
             check_writable(folder, "train writes its outputs there: free space, fix permissions or change "
                                    "paths in params.yaml")
-    train_cases = load_split(paths.preprocessed_dir, "train")
-    val_cases = load_split(paths.preprocessed_dir, "val")
     manifest = read_manifest(paths.preprocessed_dir)
     spacing = training_spacing(manifest, train_cases)
     parts = build(params, rt, train_cases)
 
     resume_path = paths.resume_dir / RESUME_FILE
-    key = fingerprint(params)
+    key = fingerprint(params, train_cases, val_cases)
     saved = load_resume(resume_path, key, rt.main)
     state = FitState()
     if saved is not None:
@@ -134,7 +150,8 @@ def train(params: Params) -> dict:
         if rt.main:
             print(f"resuming from {resume_path} after epoch {state.epoch}", file=sys.stderr)
 
-    tracker = Tracker(f"train-lr{params.lr:g}", tp.experiment, flat_params(params), tp.mlflow, tp.wandb,
+    name = f"train-lr{params.lr:g}" + (f"-fold{fold}" if len(tp.folds) > 1 else "")
+    tracker = Tracker(name, tp.experiment, flat_params(params), tp.mlflow, tp.wandb,
                       resume=saved.get("tracking") if saved else None) if rt.main else None
     live = LiveLog(paths.live_dir, params, state.history) if rt.main else None
 
@@ -201,10 +218,13 @@ def finish(params: Params, model: torch.nn.Module, state: FitState, metrics: dic
             tracker.log_model(best.eval(), tp.patch, tp.mlflow_model_name)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train stage: one fold of train.folds (dvc.yaml's train@K).")
+    ap.add_argument("--fold", type=int, default=0, help="the fold to train (default 0)")
+    args = ap.parse_args(argv)
     params = load_params()
     try:
-        metrics = train(params)
+        metrics = train(params, args.fold)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -82,11 +82,18 @@ def storage_for(params: Params) -> optuna.storages.BaseStorage:
         raise UserError(f"tune.storage {url!r} cannot be opened: {type(e).__name__}: {e}") from None
 
 
+def split(params: Params) -> tuple[list[str], list[str]]:
+    """The cases a trial trains and validates on: the train/val split (whatever train.folds says, so
+    that K folds share one tuning)."""
+    pre = params.paths.preprocessed_dir
+    return load_split(pre, "train"), load_split(pre, "val")
+
+
 def study_name(params: Params) -> str:
     """`tune.study` plus a hash of the search space, trial length and the train inputs."""
     space = {k: dataclasses.asdict(getattr(params.tune, k)) for k in OPTIMIZER_KEYS}
     setting = {"space": space, "epochs": params.tune.epochs, "pruner": params.tune.pruner,
-               "train": fingerprint(trial_params(params, {k: 0.0 for k in OPTIMIZER_KEYS}))}
+               "train": fingerprint(trial_params(params, {k: 0.0 for k in OPTIMIZER_KEYS}), *split(params))}
     digest = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:10]
     return f"{params.tune.study}-{digest}"
 
@@ -212,9 +219,9 @@ def trial_params(params: Params, values: dict[str, float]) -> Params:
 def run_trial(params: Params, on_epoch) -> FitState:
     """A short training run with the trial's params; nothing is written."""
     rt = setup_runtime(params.train.precision, params.train.deterministic)
-    pre = params.paths.preprocessed_dir
-    parts = build(params, rt, load_split(pre, "train"))
-    return fit(parts, params, rt, load_split(pre, "val"), FitState(), on_epoch)
+    train_cases, val_cases = split(params)
+    parts = build(params, rt, train_cases)
+    return fit(parts, params, rt, val_cases, FitState(), on_epoch)
 
 
 def objective(params: Params, trial: optuna.Trial) -> float:

@@ -41,8 +41,35 @@ from params import ModelParams
 from runtime import Compiled, memory_format
 
 WEIGHTS_FORMAT = 3      # 3 added `provenance`
-WEIGHTS_FILE = "model.pt"     # under paths.models_dir: the best weights by validation mean IoU
+# The model set under paths.models_dir: one folder per cross-validation fold (`train.folds`), written by
+# train@k, and the post-processing chosen for their ensemble (postprocessing.json, postprocess stage).
+FOLDS_DIR = "folds"
+WEIGHTS_FILE = "model.pt"     # in a fold's folder: the best weights by validation mean IoU
 LAST_FILE = "last.pt"         # the last epoch's
+
+
+def fold_dir(models_dir: Path, fold: int) -> Path:
+    """The folder train@`fold` writes its weights into."""
+    return Path(models_dir) / FOLDS_DIR / f"fold_{fold}"
+
+
+def fold_weights(models_dir: Path, folds: tuple[int, ...] | list[int]) -> list[Path]:
+    """The best weights of each of `folds` (train.folds)."""
+    return [fold_dir(models_dir, k) / WEIGHTS_FILE for k in folds]
+
+
+def weights_in(path: Path) -> list[Path]:
+    """The weights files `path` names: itself when a file; in a folder, every fold's best weights
+    (`folds/fold_*/model.pt` of a model set, or `fold_*/model.pt`) or its `model.pt`."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    for pattern in (f"{FOLDS_DIR}/fold_*/{WEIGHTS_FILE}", f"fold_*/{WEIGHTS_FILE}", WEIGHTS_FILE):
+        found = sorted(path.glob(pattern), key=lambda p: (len(p.parent.name), p.parent.name))
+        if found:
+            return found
+    raise UserError(f"{path} holds no weights ({FOLDS_DIR}/fold_K/{WEIGHTS_FILE}, fold_K/{WEIGHTS_FILE} or "
+                    f"{WEIGHTS_FILE}): give a weights file or a model folder (`dvc pull` fetches the trained ones)")
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, ti
     out = tmp_path / "real.json"
     done = subprocess.run([sys.executable, "bench/real.py", "--data", str(tiny_data / "data" / "synthetic"),
                            "--out", str(out), "--work", str(tmp_path / "work"), "--folds", "2", "--init",
-                           str(start.paths.models_dir / "model.pt"),
+                           str(start.paths.models_dir / "folds" / "fold_0" / "model.pt"),
                            *overrides],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -79,8 +79,8 @@ def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, ti
     assert set(result["mean"]) >= {"dice_WT", "iou_TC", "lesionwise_dice_ET"}
     assert result["overrides"]["preprocess.spacing_mm"] == 5.0 and set(result["minutes"]) == {"preprocess", "0", "1"}
     for fold in ("0", "1"):                                      # each fold's network started from those weights
-        saved = torch.load(tmp_path / "work" / "folds" / fold / "models" / "model.pt", weights_only=True)
-        assert saved["provenance"]["init_weights"]["path"] == str(start.paths.models_dir / "model.pt")
+        saved = torch.load(tmp_path / "work" / "folds" / fold / "models" / "folds" / "fold_0" / "model.pt", weights_only=True)
+        assert saved["provenance"]["init_weights"]["path"] == str(start.paths.models_dir / "folds" / "fold_0" / "model.pt")
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_p
     cases = tiny_data / "data" / "synthetic"
     out = tmp_path / "s2r.json"
     done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--synthetic", str(cases),
-                           "--weights", str(params.paths.models_dir / "model.pt"), "--out", str(out),
+                           "--weights", str(params.paths.models_dir), "--out", str(out),
                            "--plot", str(tmp_path / "s2r.png"), "--params", str(tiny_data / "params.yaml")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -21,6 +21,7 @@ from helpers import ROOT, TINY
 from params import apply_overrides
 
 BUCKET = "brats-e2e"
+FOLD0 = Path("models") / "folds" / "fold_0"
 pytestmark = pytest.mark.slow
 
 
@@ -115,11 +116,12 @@ def origin(tmp_path_factory, s3, env) -> Path:
 def test_repro_outputs_and_push(origin, s3):
     metrics = json.loads((origin / "metrics" / "evaluate.json").read_text())
     assert set(metrics["iou"]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}
-    assert (origin / "models" / "model.pt").stat().st_size > 0
+    assert (origin / FOLD0 / "model.pt").stat().st_size > 0
     best = json.loads((origin / "tune" / "best_params.json").read_text())
-    trained = yaml.safe_load((origin / "dvclive" / "params.yaml").read_text())
+    trained = yaml.safe_load((origin / "dvclive" / "fold_0" / "params.yaml").read_text())
     assert float(trained["lr"]) == best["best"]["lr"]              # tuned value reached training
-    assert json.loads((origin / "dvclive" / "metrics.json").read_text())["step"] == TINY["train.epochs"]
+    assert json.loads((origin / "dvclive" / "fold_0" / "metrics.json").read_text())["step"] == TINY["train.epochs"]
+    assert json.loads((origin / "metrics" / "cv.json").read_text())["folds"] == 1
     assert "## Metrics" in (origin / "MODEL_CARD.md").read_text()
     import boto3
     listed = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
@@ -140,11 +142,11 @@ def test_fresh_clone_pulls_everything_and_has_nothing_to_do(origin, s3, env, tmp
 def test_pulling_only_the_weights_and_predicting(origin, s3, env, tmp_path):
     repo = clone(origin, tmp_path / "c", env, s3)
     sh(["dvc", "pull", "train", "postprocess"], repo, env)       # the README's new-machine recipe
-    assert (repo / "models" / "model.pt").exists() and (repo / "models" / "postprocessing.json").exists()
+    assert (repo / FOLD0 / "model.pt").exists() and (repo / "models" / "postprocessing.json").exists()
     assert not (repo / "data" / "synthetic").exists() and not (repo / "data" / "preprocessed").exists()
     test_case = json.loads((origin / "data" / "preprocessed" / "splits.json").read_text())["test"][0]
     case = origin / "data" / "synthetic" / test_case
-    done = sh([sys.executable, "src/predict.py", "--weights", "models/model.pt", "--input", str(case),
+    done = sh([sys.executable, "src/predict.py", "--weights", "models", "--input", str(case),
                "--output", str(tmp_path / "pred")], repo, env)
     ours = (tmp_path / "pred" / f"{case.name}.nii.gz")
     assert ours.exists() and "not post-processed" not in done.stderr, done.stderr
@@ -180,16 +182,17 @@ def test_model_registry_round_trip(origin, s3, env, tmp_path):
     empty = tmp_path / "new-machine"
     empty.mkdir()
     remote = ["--remote", "s3", "--remote-config", f"endpointurl={s3.url}", f"url=s3://{BUCKET}/dvc"]
-    sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--rev", "v0.1.0", "-o", "by-version.pt", *remote],
+    sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--rev", "v0.1.0", "-o", "by-version", *remote],
        empty, env)
-    sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--stage", "prod", "-o", "by-stage.pt", *remote],
+    sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--stage", "prod", "-o", "by-stage", *remote],
        empty, env)
-    weights = (origin / "models" / "model.pt").read_bytes()
-    assert (empty / "by-version.pt").read_bytes() == weights and (empty / "by-stage.pt").read_bytes() == weights
-    failed = sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--rev", "v9.9.9", "-o", "none.pt", *remote],
+    for name in ("folds/fold_0/model.pt", "postprocessing.json"):       # the model set: weights + post-processing
+        wanted = (origin / "models" / name).read_bytes()
+        assert (empty / "by-version" / name).read_bytes() == wanted and (empty / "by-stage" / name).read_bytes() == wanted
+    failed = sh(["dvc", "artifacts", "get", str(bare), "brats-unet", "--rev", "v9.9.9", "-o", "none", *remote],
                 empty, env, ok=False)
     assert failed.returncode != 0 and "Unable to find artifact 'brats-unet @ v9.9.9'" in failed.stderr
-    assert not (empty / "none.pt").exists()
+    assert not (empty / "none").exists()
 
 
 def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
@@ -197,7 +200,7 @@ def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
     sh(["dvc", "pull"], repo, env)
     sh(["dvc", "exp", "run", "-S", "lr=1e-5"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] in (1e-5, "1e-05")
-    assert float(yaml.safe_load((repo / "dvclive" / "params.yaml").read_text())["lr"]) == 1e-5   # YAML 1.1 reads text
+    assert float(yaml.safe_load((repo / "dvclive" / "fold_0" / "params.yaml").read_text())["lr"]) == 1e-5   # YAML 1.1 reads text
     diff = sh(["dvc", "metrics", "diff", "--json"], repo, env).stdout
     changed = json.loads(diff)["metrics/evaluate.json"]
     assert "iou.WT" in changed and "old" in changed["iou.WT"]
@@ -225,16 +228,63 @@ def test_queued_experiments_finish_and_log_to_the_repository_store(origin, s3, e
     for lr in ("0.001", "0.002"):
         sh(["dvc", "exp", "run", "--queue", "-S", f"lr={lr}"], repo, env)
     sh(["dvc", "queue", "start"], repo, env)
-    for _ in range(600):
-        status = sh(["dvc", "queue", "status"], repo, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(1)
-    assert status.count("Success") == 2, status
+    wait_for_queue(repo, env, 2)
     import sqlite3
     with sqlite3.connect(repo / "mlflow.db") as db:
         lrs = {float(v) for (v,) in db.execute("select value from params where key = 'lr'")}
     assert {0.001, 0.002} <= lrs
+
+
+def wait_for_queue(repo: Path, env: dict, tasks: int) -> str:
+    for _ in range(900):
+        status = sh(["dvc", "queue", "status"], repo, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(1)
+    assert status.count("Success") == tasks, status
+    return status
+
+
+def test_folds_trained_in_the_queue_and_on_another_machine_meet_through_the_run_cache(origin, s3, env, tmp_path):
+    """train.folds [0, 1, 2]: folds 0 and 1 run side by side in DVC's queue, fold 2 on a second machine
+    that pushes its run cache; the evaluating machine pulls it and trains nothing itself."""
+    main = clone(origin, tmp_path / "cv", env, s3)
+    sh(["dvc", "pull"], main, env)
+    params = yaml.safe_load((main / "params.yaml").read_text())
+    params["train"]["folds"] = [0, 1, 2]
+    (main / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["dvc", "repro", "tune"], main, env)                 # new folds in splits.json; tuning for all folds
+    sh(["git", "add", "-A"], main, env)
+    sh(["git", "commit", "-qm", "three folds"], main, env)
+    sh(["dvc", "push"], main, env)
+    stages = sh(["dvc", "stage", "list", "--name-only"], main, env).stdout.split()
+    assert {"train@0", "train@1", "train@2"} <= set(stages)
+
+    for fold in (0, 1):                                     # the README's queue recipe
+        sh(["dvc", "exp", "run", "--queue", f"train@{fold}"], main, env)
+    sh(["dvc", "queue", "start", "-j", "2"], main, env)
+    wait_for_queue(main, env, 2)
+
+    other = clone(main, tmp_path / "cv-other", env, s3)      # another machine: one fold, then its run cache
+    sh(["dvc", "pull"], other, env)
+    ran = sh(["dvc", "repro", "train@2"], other, env).stdout
+    assert "Running stage 'train@2'" in ran and "Running stage 'train@0'" not in ran and "Running stage 'tune'" not in ran
+    sh(["dvc", "push", "--run-cache"], other, env)
+
+    sh(["dvc", "pull", "--run-cache"], main, env)
+    done = sh(["dvc", "repro"], main, env).stdout
+    for fold in (0, 1, 2):
+        assert f"Stage 'train@{fold}' is cached - skipping run" in done, done
+    assert "Running stage 'train@" not in done and "Running stage 'evaluate'" in done
+    fold2 = Path("models") / "folds" / "fold_2" / "model.pt"
+    assert (main / fold2).read_bytes() == (other / fold2).read_bytes()
+    cv = json.loads((main / "metrics" / "cv.json").read_text())
+    splits = json.loads((main / "data" / "preprocessed" / "splits.json").read_text())
+    assert cv["folds"] == 3 and cv["cases"] == len(splits["train"]) + len(splits["val"])
+    weights = json.loads((main / "models" / "postprocessing.json").read_text())["weights"]
+    assert [w["path"] for w in weights] == [f"folds/fold_{k}/model.pt" for k in (0, 1, 2)]
+    assert "the mean probability of the 3 fold models" in (main / "MODEL_CARD.md").read_text()
+    assert "Running stage" not in sh(["dvc", "repro"], main, env).stdout
 
 
 def test_remote_dying_mid_push_then_retry(origin, s3, env, tmp_path):
@@ -261,4 +311,4 @@ def test_dead_remote_is_a_clear_error(origin, s3, env, tmp_path):
     sh(["dvc", "remote", "modify", "--local", "s3", "endpointurl", S3Server().url], repo, env)  # nobody there
     failed = sh(["dvc", "pull"], repo, env, ok=False)
     assert failed.returncode != 0 and "ERROR" in failed.stderr
-    assert not (repo / "models" / "model.pt").exists()
+    assert not (repo / FOLD0 / "model.pt").exists()

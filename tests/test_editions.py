@@ -196,7 +196,7 @@ def test_preprocess_reads_an_edition_in_place(tmp_path, params_for, edition):
         assert entry["edition"] == edition
         assert entry["label_voxels"] == np.bincount(expected.ravel(), minlength=5).tolist()
     splits = json.loads((params.paths.preprocessed_dir / "splits.json").read_text())
-    assert sorted(sum(splits.values(), [])) == sorted(written)
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(written)
     assert not (tmp_path / f"raw{edition}" / "data").exists()             # nothing written beside the data
 
 

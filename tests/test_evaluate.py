@@ -15,6 +15,7 @@ import postprocess
 import postprocessing
 import train
 from errors import UserError
+from weights import fold_weights
 from postprocessing import Postprocessing
 from nifti import CaseError, write_nifti
 
@@ -119,6 +120,10 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
     postprocess.postprocess(params)
     pp_file = params.paths.models_dir / postprocessing.FILE
     assert json.loads(pp_file.read_text())["validation"]["tried"]
+    cv = json.loads((params.paths.metrics_dir / "cv.json").read_text())    # one fold: the validation split
+    val_cases = json.loads((data / "data" / "preprocessed" / "splits.json").read_text())["val"]
+    assert (cv["folds"], cv["cases"], cv["per_fold"]["0"]["cases"]) == (1, len(val_cases), len(val_cases))
+    assert set(cv["iou"]) == set(cv["no_postprocessing"]["lesionwise_dice"]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}
     # a post-processing that surely changes these masks: every ET becomes NETC
     postprocessing.save(pp_file, Postprocessing({**Postprocessing.none().min_mm3, "ET": 1e9}), {})
     metrics = evaluate.evaluate(params)
@@ -132,7 +137,7 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
     assert "Not for diagnosis" in card and "ET 1e+09 mm³" in card and "Apache-2.0" in card
     assert f"| WT | {written['iou']['WT']:.3f} |" in card and "t1n, t1c, t2w, t2f" in card
     test_cases = json.loads((data / "data" / "preprocessed" / "splits.json").read_text())["test"]
-    spacing = torch_load_spacing(params.paths.models_dir / "model.pt")
+    spacing = torch_load_spacing(fold_weights(params.paths.models_dir, [0])[0])
     assert spacing == ([5.0] * 3 if resampled else [4.0] * 3)
     rows = list(csv.DictReader(open(params.paths.metrics_dir / "evaluate_cases.csv")))
     assert [r["case"] for r in rows] == test_cases and written["cases"] == len(test_cases)
@@ -153,7 +158,7 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
         assert float(row["iou_WT"]) == pytest.approx(scored["cases"][row["case"]]["WT"]["iou"], abs=1e-4)
     # predict.py as the README's new-machine recipe runs it (defaults only) gives the same masks
     import predict
-    assert predict.main(["--weights", str(params.paths.models_dir / "model.pt"), "--input", str(gt_dir),
+    assert predict.main(["--weights", str(params.paths.models_dir), "--input", str(gt_dir),
                          "--output", str(tmp_path / "predicted"), "--params", str(data / "params.yaml")]) == 0
     for case in test_cases:
         ours = np.asanyarray(nib.load(tmp_path / "predicted" / f"{case}.nii.gz").dataobj)

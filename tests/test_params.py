@@ -68,6 +68,10 @@ def test_integer_accepted_for_float():
     ("preprocess.workers", None, ["preprocess.workers", "integer"]),
     ("paths.raw_dir", 3, ["paths.raw_dir", "path"]),
     ("base", 5, ["base", "mapping"]),
+    ("train.folds", 3, ["train.folds", "list"]),
+    ("train.folds", [], ["train.folds", "list"]),
+    ("train.folds", [0, 2], ["train.folds [0, 2]", "[0, 1, ..., K-1]"]),
+    ("train.folds", [1], ["train.folds [1]", "[0, 1, ..., K-1]"]),
 ])
 def test_bad_values_name_the_key(key, value, words):
     with pytest.raises(ParamsError) as e:

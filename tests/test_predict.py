@@ -192,7 +192,8 @@ def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weigh
                                   "device": "cpu",
                                   "probabilities": False, "labels": "2024",
                                   "postprocessing": {"file": None, "min_mm3": Postprocessing.none().min_mm3}}
-    assert record["weights"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    assert record["weights"]["files"] == [{"path": str(weights),
+                                           "sha256": hashlib.sha256(open(weights, "rb").read()).hexdigest()}]
     assert record["weights"]["inference"]["patch"] == [48, 48, 48]
     assert {"python", "torch", "numpy", "nibabel", "commit"} <= set(record["software"])
     case = record["cases"]["BraTS-GLI-00001-100"]

@@ -17,8 +17,9 @@ from helpers import write_case
 from layout import IMAGE_FILE, LABEL_FILE, Stored
 from nifti import CaseError, read_case, write_nifti
 from editions import case_at, find_cases
+from params import load_params
 from prepare import zscore
-from preprocess import RAW_DIR_HINT, preprocess, preprocess_case, split_patients
+from preprocess import RAW_DIR_HINT, preprocess, preprocess_case, split_cases, split_patients
 
 CASE = "BraTS-GLI-00001-100"
 
@@ -242,6 +243,32 @@ def test_split_is_grouped_by_patient_seeded_and_covers_everyone():
     assert (len(a["test"]), len(a["val"]), len(a["train"])) == (5, 3, 12)
 
 
+def test_folds_hold_out_every_training_patient_once_and_leave_test_alone():
+    # 10 patients, some with two visits; 3 folds over the train and val patients
+    manifest = {f"BraTS-GLI-{p:05d}-{v:03d}": {"patient": f"BraTS-GLI-{p:05d}"}
+                for p in range(10) for v in range(100, 100 + 1 + p % 2)}
+    p = load_params().preprocess
+    one = split_cases(manifest, p, seed=3)
+    three = split_cases(manifest, p, seed=3, folds=3)
+    assert one["folds"] == [{"train": one["train"], "val": one["val"]}]
+    assert {k: three[k] for k in ("train", "val", "test")} == {k: one[k] for k in ("train", "val", "test")}
+    pool = sorted(one["train"] + one["val"])
+    held_out = [c for fold in three["folds"] for c in fold["val"]]
+    assert sorted(held_out) == pool                                   # each case held out exactly once
+    patient = lambda case: manifest[case]["patient"]                   # noqa: E731
+    sizes = []
+    for fold in three["folds"]:
+        assert sorted(fold["train"] + fold["val"]) == pool
+        assert not {patient(c) for c in fold["train"]} & {patient(c) for c in fold["val"]}   # grouped
+        assert not set(fold["train"] + fold["val"]) & set(one["test"])
+        sizes.append(len({patient(c) for c in fold["val"]}))
+    assert max(sizes) - min(sizes) <= 1
+    assert split_cases(manifest, p, seed=3, folds=3) == three        # seeded
+    assert split_cases(manifest, p, seed=4, folds=3)["folds"] != three["folds"]
+    with pytest.raises(UserError, match="train.folds asks for 9 folds, but only 8 patients"):
+        split_cases(manifest, p, seed=3, folds=9)
+
+
 def test_too_few_patients_to_split():
     with pytest.raises(UserError, match="only 2 patients"):
         split_patients(["BraTS-GLI-00001", "BraTS-GLI-00002"], 0.4, 0.4, seed=0)
@@ -254,6 +281,7 @@ def test_whole_stage(raw_dir, params_for):
     out = params.paths.preprocessed_dir
     manifest = json.loads((out / "manifest.json").read_text())
     splits = json.loads((out / "splits.json").read_text())
+    assert splits.pop("folds") == [{"train": splits["train"], "val": splits["val"]}]   # train.folds [0]
     assert report["processed"] == 4 and report["skipped"] == {}
     assert sorted(manifest["cases"]) == sorted(p.name for p in raw_dir.iterdir())
     assert sorted(sum(splits.values(), [])) == sorted(manifest["cases"])
@@ -296,7 +324,8 @@ def test_on_error_skip_lists_the_case_and_keeps_the_rest(raw_dir, params_for):
     assert json.loads((out / "report.json").read_text())["skipped"] == report["skipped"]
     manifest = json.loads((out / "manifest.json").read_text())["cases"]
     assert bad not in manifest and not (out / "cases" / bad).exists()
-    assert bad not in sum(json.loads((out / "splits.json").read_text()).values(), [])
+    splits = json.loads((out / "splits.json").read_text())
+    assert bad not in splits["train"] + splits["val"] + splits["test"]
 
 
 def test_on_error_fail_stops_with_the_reason_and_leaves_nothing_half_written(raw_dir, params_for):

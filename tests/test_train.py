@@ -23,8 +23,13 @@ from train import RESUME_FILE
 from weights import LAST_FILE, WEIGHTS_FILE
 
 
+def out(params):
+    """Where train writes fold 0 (the only fold of train.folds [0]): models, DVCLive, resume folders."""
+    return train.fold_paths(params, 0).paths
+
+
 def weights(params) -> dict:
-    return torch.load(params.paths.models_dir / WEIGHTS_FILE, weights_only=True)
+    return torch.load(out(params).models_dir / WEIGHTS_FILE, weights_only=True)
 
 
 def yaml_1_2(path) -> dict:
@@ -45,8 +50,8 @@ def test_outputs(tiny_params):
     model.load_state_dict(saved["state_dict"])           # strict: every key matches
     assert saved["params"]["lr"] == params.lr and saved["inference"]["regions"] == ["WT", "TC", "ET", "RC"]
     assert saved["inference"]["patch"] == [16, 16, 16] and saved["inference"]["spacing_mm"] == [4.0, 4.0, 4.0]
-    assert torch.load(params.paths.models_dir / LAST_FILE, weights_only=True)["epoch"] == 2
-    live = params.paths.live_dir
+    assert torch.load(out(params).models_dir / LAST_FILE, weights_only=True)["epoch"] == 2
+    live = out(params).live_dir
     written = json.loads((live / "metrics.json").read_text())
     assert written == {**json.loads(json.dumps(metrics)), "step": 2}
     assert set(written["best"]) >= {f"iou_{r}" for r in ("ET", "TC", "WT", "NETC", "SNFH", "RC")}
@@ -54,7 +59,7 @@ def test_outputs(tiny_params):
     assert yaml_1_2(live / "params.yaml") == {k: getattr(params, k) for k in ADAM}
     rows = list(csv.DictReader(open(live / "plots" / "metrics" / "val" / "iou_WT.tsv"), delimiter="\t"))
     assert [r["step"] for r in rows] == ["1", "2"]
-    assert not (params.paths.resume_dir / RESUME_FILE).exists()   # removed once finished
+    assert not (out(params).resume_dir / RESUME_FILE).exists()   # removed once finished
     origin = saved["provenance"]
     assert set(origin) == {"training_data", "init_weights", "code", "versions"}
     assert origin["versions"]["torch"] == str(torch.__version__) and origin["init_weights"] is None
@@ -64,7 +69,7 @@ def test_outputs(tiny_params):
 def test_validation_curves_have_rows_only_where_validation_ran(tiny_params):
     params = tiny_params(train__epochs=3, train__val_every=2)
     train.train(params)
-    metrics = params.paths.live_dir / "plots" / "metrics"
+    metrics = out(params).live_dir / "plots" / "metrics"
     steps = lambda path: [row.split("\t")[0] for row in path.read_text().splitlines()[1:]]  # noqa: E731
     assert steps(metrics / "train" / "loss.tsv") == ["1", "2", "3"]
     assert steps(metrics / "val" / "iou_WT.tsv") == ["2", "3"]         # epoch 2 and the last
@@ -76,7 +81,7 @@ def test_curves_are_readable_while_training_runs(tiny_data, tmp_path):
                                "paths.preprocessed_dir": str(tiny_data / "data" / "preprocessed")})
     proc = subprocess.Popen([sys.executable, "src/train.py"], cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    loss = repo / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"
+    loss = repo / "dvclive" / "fold_0" / "plots" / "metrics" / "train" / "loss.tsv"
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -86,9 +91,9 @@ def test_curves_are_readable_while_training_runs(tiny_data, tmp_path):
         assert proc.poll() is None, "training ended before the test could look: " + proc.stderr.read()[-2000:]
         rows = loss.read_text().splitlines()
         assert rows[0] == "step\tloss" and len(rows) >= 3
-        summary = json.loads((repo / "dvclive" / "metrics.json").read_text())
+        summary = json.loads((repo / "dvclive" / "fold_0" / "metrics.json").read_text())
         assert summary["step"] >= 2 and "train" in summary               # the latest epoch, mid-run
-        assert not (repo / "models" / WEIGHTS_FILE).exists()
+        assert not (repo / "models" / "folds" / "fold_0" / WEIGHTS_FILE).exists()
     finally:
         proc.kill()
         proc.wait()
@@ -98,7 +103,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny_params, tmp_path):
     a = tiny_params()
     train.train(a)
     first = weights(a)["state_dict"]
-    shutil.rmtree(a.paths.models_dir)
+    shutil.rmtree(out(a).models_dir)
     train.train(a)
     assert same_state(first, weights(a)["state_dict"])
     b = tiny_params(base__seed=99, paths__models_dir=str(tmp_path / "other"))
@@ -120,7 +125,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_params, tmp_path
     monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train.train(killed)
-    assert (killed.paths.resume_dir / RESUME_FILE).exists() and not (killed.paths.models_dir / WEIGHTS_FILE).exists()
+    assert (out(killed).resume_dir / RESUME_FILE).exists() and not (out(killed).models_dir / WEIGHTS_FILE).exists()
     monkeypatch.setattr(train, "save_checkpoint", real_save)
     resumed_epochs = []
     monkeypatch.setattr(fit, "validate", lambda *a, **k: resumed_epochs.append(1) or real_validate(*a, **k))
@@ -129,7 +134,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_params, tmp_path
     assert same_state(weights(whole)["state_dict"], weights(killed)["state_dict"])
     assert weights(whole)["epoch"] == weights(killed)["epoch"]
     curves = lambda live: {p.relative_to(live): p.read_text() for p in sorted(live.rglob("*")) if p.is_file()}  # noqa: E731
-    assert curves(whole.paths.live_dir) == curves(killed.paths.live_dir)   # every epoch, once
+    assert curves(out(whole).live_dir) == curves(out(killed).live_dir)   # every epoch, once
 
 
 def test_resumed_training_continues_its_mlflow_run(tiny_params, tmp_path, monkeypatch):
@@ -206,7 +211,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tiny_pa
     monkeypatch.setattr(fit, "deep_supervision_loss", nan_in_epoch_2)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 1.*Lower lr"):
         train.train(params)
-    state = torch.load(params.paths.resume_dir / RESUME_FILE, weights_only=False)
+    state = torch.load(out(params).resume_dir / RESUME_FILE, weights_only=False)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -221,7 +226,7 @@ def test_lr_written_by_dvc_exp_as_text_trains_with_the_float(tiny_params, tiny_d
     adam = {k: v for k, v in ADAM.items() if k != "lr"}  # keep the file's text value
     params = load_params(tmp_path / "params.yaml", {**adam, **overrides})
     train.train(params)
-    logged = yaml_1_2(params.paths.live_dir / "params.yaml")["lr"]
+    logged = yaml_1_2(out(params).live_dir / "params.yaml")["lr"]
     assert logged == 1e-5 and type(logged) is float
     assert weights(params)["params"]["lr"] == 1e-5
 
@@ -251,10 +256,10 @@ def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "src/train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    saved = torch.load(tmp_path / "models" / WEIGHTS_FILE, weights_only=True)
+    saved = torch.load(tmp_path / "models" / "folds" / "fold_0" / WEIGHTS_FILE, weights_only=True)
     assert saved["epoch"] >= 1
     assert done.stdout.count("best epoch") == 1                 # one report, from rank 0
-    assert not (tmp_path / "checkpoints" / RESUME_FILE).exists()
+    assert not (tmp_path / "checkpoints" / "fold_0" / RESUME_FILE).exists()
 
 
 def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path, monkeypatch):
@@ -273,12 +278,12 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path, monkey
 
 def test_corrupt_resume_checkpoint_warns_and_trains_afresh(tiny_params, capsys):
     params = tiny_params()
-    params.paths.resume_dir.mkdir(parents=True)
-    (params.paths.resume_dir / RESUME_FILE).write_bytes(b"truncated by a full disk")
+    out(params).resume_dir.mkdir(parents=True)
+    (out(params).resume_dir / RESUME_FILE).write_bytes(b"truncated by a full disk")
     train.train(params)
     err = capsys.readouterr().err
-    assert f"cannot read the resume checkpoint {params.paths.resume_dir / RESUME_FILE}" in err
-    assert "starting afresh" in err and (params.paths.models_dir / WEIGHTS_FILE).exists()
+    assert f"cannot read the resume checkpoint {out(params).resume_dir / RESUME_FILE}" in err
+    assert "starting afresh" in err and (out(params).models_dir / WEIGHTS_FILE).exists()
 
 
 def test_unwritable_output_folder_stops_before_the_first_epoch(tiny_params, tmp_path, monkeypatch):
@@ -338,7 +343,7 @@ def test_compiled_cpu_training_is_deterministic_and_a_missing_compiler_is_one_li
             assert "turn train.compile off" in done.stderr
         else:
             assert done.returncode == 0, done.stderr[-2000:]
-            saved = torch.load(repo / "models" / WEIGHTS_FILE, weights_only=True)["state_dict"]
+            saved = torch.load(repo / "models" / "folds" / "fold_0" / WEIGHTS_FILE, weights_only=True)["state_dict"]
             digests.append([v.numpy().tobytes() for v in saved.values()])
     assert digests[0] == digests[1]
 
@@ -351,14 +356,15 @@ def test_init_weights_start_the_network_and_are_recorded(tiny_params, tmp_path):
     first = tiny_params()
     train.train(first)                                  # weights of the same network, to start from
     start = tmp_path / "start.pt"
-    shutil.copy(first.paths.models_dir / WEIGHTS_FILE, start)
+    shutil.copy(out(first).models_dir / WEIGHTS_FILE, start)
     params = tiny_params(train__init_weights=str(start), paths__models_dir=str(tmp_path / "m2"))
     train_cases = json.loads((params.paths.preprocessed_dir / "splits.json").read_text())["train"]
     parts = fit.build(params, Runtime(torch.device("cpu"), "fp32", 0, 1), train_cases)
     saved = torch.load(start, weights_only=True)["state_dict"]
     for name, tensor in parts.model.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
-    assert fit.fingerprint(params) != fit.fingerprint(first)
+    val_cases = json.loads((params.paths.preprocessed_dir / "splits.json").read_text())["val"]
+    assert fit.fingerprint(params, train_cases, val_cases) != fit.fingerprint(first, train_cases, val_cases)
     train.train(params)
     origin = weights(params)["provenance"]
     assert origin["init_weights"] == {"path": str(start), "sha256": file_sha256(start)}
@@ -371,7 +377,7 @@ def test_init_weights_of_another_network_are_one_line(tiny_params, tmp_path):
     train.train(first)
     with pytest.raises(fit.UserError, match=r"train.init_weights: .*model.pt holds a network of .*'base_width': 4.*"
                                             r"but model in params.yaml is .*'base_width': 8"):
-        train.train(tiny_params(train__init_weights=str(first.paths.models_dir / WEIGHTS_FILE),
+        train.train(tiny_params(train__init_weights=str(out(first).models_dir / WEIGHTS_FILE),
                                 model__base_width=8, paths__models_dir=str(tmp_path / "m2")))
     with pytest.raises(fit.UserError, match=r"train.init_weights: .*none\.pt not found; "):
         train.train(tiny_params(train__init_weights=str(tmp_path / "none.pt"), paths__models_dir=str(tmp_path / "m3")))
