@@ -12,7 +12,7 @@ predictor.Predictor). Each rule's threshold is picked from `postprocess.candidat
 Writes `models/postprocessing.json` beside the fold weights (DVC output, pushed and pulled with them)
 with the score before and after, every candidate tried and the SHA-256 of every fold's weights (the
 ensemble the thresholds were chosen for), and `metrics/cv.json`: the cross-validation scores (IoU,
-Dice, lesion-wise Dice per region, with and without the post-processing, and per fold).
+Dice, lesion-wise Dice per region, with and without the post-processing, and per fold, under "cv").
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def postprocess(params: Params) -> Postprocessing:
     cv = {**scores(cases, pp), "no_postprocessing": scores(cases, Postprocessing.none()),
           "folds": len(folds), "cases": len(cases),
           "per_fold": {str(k): {"cases": len(v), **scores(list(v.values()), pp)} for k, v in folds.items()}}
-    write_json(paths.metrics_dir / CV_FILE, cv)
+    # under "cv", so that `dvc exp show` columns (cv.iou.WT) do not collide with evaluate.json's (iou.WT)
+    write_json(paths.metrics_dir / CV_FILE, {"cv": cv})
     picked = ", ".join(f"{rule} {v:g}" for rule, v in pp.min_mm3.items() if v) or "none"
     print(f"post-processing (minimum mm³): {picked}; out-of-fold mean lesion-wise Dice "
           f"{record['before']:.4f} -> {record['after']:.4f} on {len(cases)} case(s) of {len(folds)} fold(s); "

@@ -121,7 +121,7 @@ def test_repro_outputs_and_push(origin, s3):
     trained = yaml.safe_load((origin / "dvclive" / "fold_0" / "params.yaml").read_text())
     assert float(trained["lr"]) == best["best"]["lr"]              # tuned value reached training
     assert json.loads((origin / "dvclive" / "fold_0" / "metrics.json").read_text())["step"] == TINY["train.epochs"]
-    assert json.loads((origin / "metrics" / "cv.json").read_text())["folds"] == 1
+    assert json.loads((origin / "metrics" / "cv.json").read_text())["cv"]["folds"] == 1
     assert "## Metrics" in (origin / "MODEL_CARD.md").read_text()
     import boto3
     listed = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
@@ -266,19 +266,17 @@ def test_folds_trained_in_the_queue_and_on_another_machine_meet_through_the_run_
     wait_for_queue(main, env, 2)
 
     other = clone(main, tmp_path / "cv-other", env, s3)      # another machine: one fold, then its run cache
-    sh(["dvc", "pull"], other, env)
-    ran = sh(["dvc", "repro", "train@2"], other, env).stdout
+    ran = sh(["dvc", "repro", "--pull", "train@2"], other, env).stdout
     assert "Running stage 'train@2'" in ran and "Running stage 'train@0'" not in ran and "Running stage 'tune'" not in ran
     sh(["dvc", "push", "--run-cache"], other, env)
 
-    sh(["dvc", "pull", "--run-cache"], main, env)
-    done = sh(["dvc", "repro"], main, env).stdout
+    done = sh(["dvc", "repro", "--pull"], main, env).stdout      # fetches fold 2's run and weights
     for fold in (0, 1, 2):
         assert f"Stage 'train@{fold}' is cached - skipping run" in done, done
     assert "Running stage 'train@" not in done and "Running stage 'evaluate'" in done
     fold2 = Path("models") / "folds" / "fold_2" / "model.pt"
     assert (main / fold2).read_bytes() == (other / fold2).read_bytes()
-    cv = json.loads((main / "metrics" / "cv.json").read_text())
+    cv = json.loads((main / "metrics" / "cv.json").read_text())["cv"]
     splits = json.loads((main / "data" / "preprocessed" / "splits.json").read_text())
     assert cv["folds"] == 3 and cv["cases"] == len(splits["train"]) + len(splits["val"])
     weights = json.loads((main / "models" / "postprocessing.json").read_text())["weights"]

@@ -120,7 +120,7 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
     postprocess.postprocess(params)
     pp_file = params.paths.models_dir / postprocessing.FILE
     assert json.loads(pp_file.read_text())["validation"]["tried"]
-    cv = json.loads((params.paths.metrics_dir / "cv.json").read_text())    # one fold: the validation split
+    cv = json.loads((params.paths.metrics_dir / "cv.json").read_text())["cv"]    # one fold: the validation split
     val_cases = json.loads((data / "data" / "preprocessed" / "splits.json").read_text())["val"]
     assert (cv["folds"], cv["cases"], cv["per_fold"]["0"]["cases"]) == (1, len(val_cases), len(val_cases))
     assert set(cv["iou"]) == set(cv["no_postprocessing"]["lesionwise_dice"]) == {"ET", "TC", "WT", "NETC", "SNFH", "RC"}

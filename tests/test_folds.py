@@ -73,7 +73,7 @@ def test_postprocessing_is_chosen_on_every_out_of_fold_case(folded):
     params, _ = folded
     postprocess.postprocess(params)
     splits = splits_of(params)
-    cv = json.loads((params.paths.metrics_dir / "cv.json").read_text())
+    cv = json.loads((params.paths.metrics_dir / "cv.json").read_text())["cv"]
     assert cv["folds"] == 3 and cv["cases"] == len(splits["train"]) + len(splits["val"])
     assert [cv["per_fold"][str(k)]["cases"] for k in FOLDS] == [len(f["val"]) for f in splits["folds"]]
     recorded = json.loads((params.paths.models_dir / postprocessing.FILE).read_text())["weights"]
