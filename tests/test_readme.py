@@ -33,6 +33,7 @@ def test_gpu_sized_params_are_valid_and_build_the_nnunet_sized_network():
     assert overrides["train.patch"] == [128, 128, 128] and overrides["model.max_width"] == 320
     params = load_params(ROOT / "params.yaml", overrides)
     assert params.train.precision == "bf16" and params.train.deterministic
+    assert params.train.folds == (0, 1, 2, 3, 4)                # nnU-Net's five folds on a GPU
     with torch.device("meta"):  # the full-size network, without allocating its memory
         model = UNet3D(params.model)
     assert 30.9e6 < sum(p.numel() for p in model.parameters()) < 31.3e6
