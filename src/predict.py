@@ -15,16 +15,16 @@ window batch, 8-flip mirroring) are the evaluate stage's, read from params.yaml'
 so predict gives the masks the metrics describe; flags override them (`--no-mirror`: 8× faster;
 `--no-compile`: no torch.compile, for one small case or a machine without a C++ compiler).
 The post-processing the postprocess stage chose is applied too: `postprocessing.json` in the model
-folder (for a weights file: in the model folder it lies in), or `--postprocessing FILE`; `--no-postprocessing` writes the
-network's masks as they are.
+folder (for a weights file: in the model folder it lies in), or `--postprocessing FILE`;
+`--no-postprocessing` writes the network's masks as they are.
 
 A case whose output exists is skipped (`--overwrite` redoes it), so an interrupted run continues.
 With `--compile` (the evaluate stage's `evaluate.compile`), the network is compiled at the first case.
 `--save-probabilities` also writes `<case>.probs.npz`: the network's per-region probabilities (before
 post-processing) on the input's grid as uint8 (probability = value / 255) with the region names and
 the affine. `predictions.json`
-records every weights file's SHA-256 and the inference spec, the settings, the software versions and, per case,
-the input's shape and affine and the seconds it took. A bad case is reported and skipped
+records every weights file's SHA-256 and the inference spec, the settings, the software versions and,
+per case, the input's shape and affine and the seconds it took. A bad case is reported and skipped
 (`--fail-fast` stops instead; a machine that cannot compile stops at the first); the exit status is 1
 if any case failed.
 """
