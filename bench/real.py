@@ -39,7 +39,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from errors import run_stage  # noqa: E402
 from params import apply_overrides, load_params  # noqa: E402
+from preprocess import fold_patients  # noqa: E402
 
 # The README's real-data recipe for 2 CPU cores (README, real data): 1 mm data trained at 2 mm,
 # starting from the synthetic set's weights (train.init_weights, set by --init).
@@ -58,13 +60,6 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep:
         raise argparse.ArgumentTypeError(f"-S {text!r}: expected key=value")
     return key, yaml.safe_load(value)
-
-
-def folds_of(patients: list[str], k: int, seed: int) -> list[list[str]]:
-    """Patients shuffled with `seed` and dealt into k folds of near-equal size."""
-    order = sorted(set(patients))
-    np.random.default_rng(seed).shuffle(order)
-    return [sorted(order[i::k]) for i in range(k)]
 
 
 def run(cmd: list[str], cwd: Path, log: Path) -> float:
@@ -140,7 +135,7 @@ def main() -> None:
     pre = params.paths.preprocessed_dir
     manifest = json.loads((pre / "manifest.json").read_text())
     patients = {c: e["patient"] for c, e in manifest["cases"].items()}
-    folds = folds_of(list(patients.values()), args.folds, params.base.seed)
+    folds = fold_patients(list(patients.values()), args.folds, params.base.seed)   # as the pipeline deals folds
     chosen = range(args.folds) if args.fold is None else [args.fold]
     per_case, fold_minutes = {}, {}
     for k in chosen:
@@ -184,4 +179,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)     # too many folds for the patients, or a full disk: one line

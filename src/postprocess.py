@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from brats import REGIONS
 from errors import UserError, run_stage
-from files import file_sha256, write_json
+from files import check_writable, file_sha256, write_json
 from layout import load_fold, load_manifest, native_labels, native_shape, open_case
 from metrics import case_scores, mean_scores
 from params import Params, load_params
@@ -69,6 +69,9 @@ def scores(cases: list[Case], pp: Postprocessing) -> dict[str, dict[str, float]]
 def postprocess(params: Params) -> Postprocessing:
     """The DVC stage."""
     paths = params.paths
+    for folder in (paths.models_dir, paths.metrics_dir):      # before minutes of prediction, not after
+        check_writable(folder, "postprocess writes postprocessing.json and cv.json there: free space, fix "
+                               "permissions or change paths in params.yaml")
     folds = out_of_fold(params)
     cases = [c for fold in folds.values() for c in fold.values()]
     if not cases:

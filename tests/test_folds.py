@@ -144,3 +144,14 @@ def test_postprocessing_of_other_weights_is_refused(folded, tmp_path):
     with pytest.raises(UserError, match=r"chosen for other weights"):
         postprocessing.check_weights(params.paths.models_dir / postprocessing.FILE,
                                      fold_weights(params.paths.models_dir, [1]))           # not the whole set
+
+
+def test_unwritable_output_folder_stops_postprocess_before_predicting(folded, tmp_path, monkeypatch):
+    params, _ = folded
+    blocked = tmp_path / "metrics"
+    blocked.write_text("a file where the metrics folder should be")
+    monkeypatch.setattr(postprocess, "out_of_fold", lambda p: pytest.fail("predicted before checking the folders"))
+    import dataclasses
+    params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, metrics_dir=blocked))
+    with pytest.raises(UserError, match=r"cannot write to .*metrics .*postprocess writes postprocessing.json"):
+        postprocess.postprocess(params)

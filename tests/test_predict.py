@@ -103,6 +103,13 @@ def test_missing_or_broken_weights(tmp_path):
     broken.write_bytes(b"not a weights file")
     with pytest.raises(UserError, match="cannot be loaded"):
         run(["--weights", str(broken), "--input", str(tmp_path), "--output", str(tmp_path)])
+    empty = tmp_path / "models"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"models holds no weights \(folds/fold_K/model.pt"):
+        run(["--weights", str(empty), "--input", str(tmp_path), "--output", str(tmp_path)])
+    (empty / postprocessing.FILE).write_text('{"format": 1, "weights": [{"file": "fold_0/model.pt"}]}')
+    with pytest.raises(UserError, match=r"postprocessing.json: its weights list is damaged"):
+        run(["--weights", str(empty), "--input", str(tmp_path), "--output", str(tmp_path)])
 
 
 @pytest.mark.parametrize("args, words", [
