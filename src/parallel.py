@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, TypeVar
@@ -60,6 +61,16 @@ def _submit(pool: ProcessPoolExecutor, work: Callable, job) -> Future:
         signal.signal(signal.SIGINT, previous)
 
 
+def _exit_codes(pool: ProcessPoolExecutor, wait_s: float = 2.0) -> list[int | None]:
+    """Exit codes of the pool's workers, given `wait_s` in all to end (a worker that failed may
+    still be printing its error when the pool breaks); None for those still running."""
+    deadline = time.monotonic() + wait_s
+    workers = list(dict(getattr(pool, "_processes", None) or {}).values())
+    for process in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+    return [process.exitcode for process in workers]
+
+
 def _end_workers(pool: ProcessPoolExecutor) -> None:
     for process in dict(getattr(pool, "_processes", None) or {}).values():
         process.kill()
@@ -83,13 +94,26 @@ def _on_pool(work: Callable[[Job], Result], jobs: list[Job], workers: int, name:
             _end_workers(pool)
             raise
         except BrokenProcessPool:
+            codes = _exit_codes(pool)
             # Python 3.11's executor then joins the surviving workers, which wait for work forever:
             # end them, or leaving this block would hang.
             _end_workers(pool)
-            raise UserError(
-                f"a {stage} worker died while it held {' or '.join(sorted(pending.values()))}: killed by "
-                f"the system, most likely for lack of memory. Nothing of it was kept; lower "
-                f"{stage}.workers (each holds one case in memory) and run again") from None
+            raise UserError(_broken(stage, sorted(pending.values()), codes)) from None
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _broken(stage: str, held: list[str], exit_codes: list[int | None]) -> str:
+    """Why a pool broke, from its workers' exit codes: a SIGKILL (the OOM killer's), or an error exit
+    by Python itself, which is how a spawned worker that cannot start ends (the executor then sends
+    the others SIGTERM)."""
+    errors = [code for code in exit_codes if code and code > 0]
+    if errors and -signal.SIGKILL not in exit_codes:
+        return (f"a {stage} worker exited with an error (code {errors[0]}) before it finished {' or '.join(held)}: "
+                f"it could not start. Nothing of it was kept. Set {stage}.workers: 1 to see the error here; a "
+                "Python script that runs this stage must keep its code under `if __name__ == \"__main__\":`, "
+                "since workers are spawned and import it")
+    return (f"a {stage} worker died while it held {' or '.join(held)}: killed by the system, most likely for "
+            f"lack of memory. Nothing of it was kept; lower {stage}.workers (each holds one case in memory) "
+            "and run again")
