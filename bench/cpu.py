@@ -8,12 +8,16 @@ batch from its loader, `fit.forward_loss`, backward, Adam), median of --steps af
   plain          contiguous activations, PyTorch's InstanceNorm3d kernel, not compiled: the train
                  stage before this work
   channels-last  what `runtime.memory_format` now gives a CPU, with model.InstanceNorm3d keeping that
-                 layout, not compiled
+                 layout, not compiled (`train.compile: false`)
   + compile      channels-last with `train.compile: true`: the train stage's default path (its first
                  step, the compilation, reported apart; --no-compile skips it)
+  ..., var_mean norm   the same with model.InstanceNorm3d's previous channels-last form
+                 (`var_mean_norm` below) instead of today's group norm
+  ..., bf16 autocast   channels-last under CPU autocast to bf16, only on a CPU with native bf16
+                 (AVX512-BF16 or AMX); the pipeline keeps fp32 on a CPU
 Predict: `predict.main` on --cases written synthetic cases of the default grid (read, check,
 prepare, sliding window with 8-flip mirroring, write), the evaluate stage's settings, in the same
-three configurations (`evaluate.compile`, `--compile`, for the last). Per case from its record:
+configurations (`evaluate.compile`, `--compile`, for the compiled ones). Per case from its record:
 the first case (which pays the compilation) apart, the median of the others. Prints the CPU model
 and flags, the versions and a table; --out writes JSON.
 """
@@ -54,10 +58,23 @@ def cpu_model() -> dict:
     return info
 
 
+def var_mean_norm(self, x: torch.Tensor) -> torch.Tensor:
+    """model.InstanceNorm3d's channels-last form before 2026-12-02 (one `var_mean`, one `addcmul`),
+    kept here as the reference for the group-norm form that replaced it."""
+    if x.is_cuda or x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.nn.InstanceNorm3d.forward(self, x)
+    var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+    scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
+    return torch.addcmul(self.bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)
+
+
+NORMS = {"kernel": torch.nn.InstanceNorm3d.forward, "var_mean": var_mean_norm}
+
+
 @contextmanager
-def layout(fmt: torch.memory_format, kernel_norm: bool = False):
-    """Run the project's code with `fmt` as the CPU's activation layout; `kernel_norm`: with PyTorch's
-    own InstanceNorm3d kernel instead of model.InstanceNorm3d's channels-last path."""
+def layout(fmt: torch.memory_format, norm: str | None = None):
+    """Run the project's code with `fmt` as the CPU's activation layout; `norm`: model.InstanceNorm3d
+    replaced by PyTorch's own kernel ("kernel") or by its previous channels-last form ("var_mean")."""
     import inference
     import model
     import weights
@@ -65,14 +82,30 @@ def layout(fmt: torch.memory_format, kernel_norm: bool = False):
     saved = [m.memory_format for m in modules], model.InstanceNorm3d.forward
     for m in modules:
         m.memory_format = lambda device: fmt
-    if kernel_norm:
-        model.InstanceNorm3d.forward = torch.nn.InstanceNorm3d.forward
+    if norm:
+        model.InstanceNorm3d.forward = NORMS[norm]
     try:
         yield
     finally:
         for m, f in zip(modules, saved[0]):
             m.memory_format = f
         model.InstanceNorm3d.forward = saved[1]
+
+
+@contextmanager
+def cpu_bf16():
+    """Run the project's code under CPU autocast to bf16 (the pipeline itself keeps fp32 on a CPU:
+    runtime.resolve_precision): measured only where the CPU has native bf16 (AVX512-BF16 or AMX)."""
+    import inference
+    import predict
+    import predictor
+    saved = fit.autocast_for, inference.autocast_for, predict.resolve_precision, predictor.resolve_precision
+    fit.autocast_for = inference.autocast_for = lambda device, precision: torch.autocast("cpu", torch.bfloat16)
+    predict.resolve_precision = predictor.resolve_precision = lambda requested, device: "bf16"
+    try:
+        yield
+    finally:
+        fit.autocast_for, inference.autocast_for, predict.resolve_precision, predictor.resolve_precision = saved
 
 
 def prepared_data(tmp: Path, cases: int):
@@ -96,9 +129,9 @@ def prepared_data(tmp: Path, cases: int):
     return params, params_file
 
 
-def train_step(params, steps: int) -> dict:
+def train_step(params, steps: int, precision: str = "fp32") -> dict:
     """Median seconds of the train stage's step (fit.build's parts, its loader's first batch)."""
-    rt = Runtime(torch.device("cpu"), "fp32", 0, 1)
+    rt = Runtime(torch.device("cpu"), precision, 0, 1)
     from layout import load_split
     parts = fit.build(params, rt, load_split(params.paths.preprocessed_dir, "train"))
     x, y = to_batch(next(iter(parts.loader)), rt.device, params.train.patch)
@@ -137,12 +170,20 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         params, params_file = prepared_data(Path(tmp), args.cases)
-        configs = (("plain", torch.contiguous_format, True), ("channels-last", torch.channels_last_3d, False))
-        for name, fmt, kernel_norm in configs:
-            with layout(fmt, kernel_norm):
+        configs = (("plain", torch.contiguous_format, "kernel"), ("channels-last", torch.channels_last_3d, None),
+                   ("channels-last, var_mean norm", torch.channels_last_3d, "var_mean"))
+        for name, fmt, norm in configs:
+            with layout(fmt, norm):
                 rows[f"train step, {name}"] = train_step(params, args.steps)
+        native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_model().get("flags", [])))
+        if native_bf16:
+            with cpu_bf16():
+                rows["train step, channels-last, bf16 autocast"] = train_step(params, args.steps, "bf16")
         if args.compile:
             compiled = load_params(params_file, {"train.compile": True})
+            with layout(torch.channels_last_3d, "var_mean"):
+                rows["train step, channels-last + compile, var_mean norm"] = train_step(compiled, args.steps)
+            torch._dynamo.reset()   # Dynamo would reuse the graph compiled with the other norm
             rows["train step, channels-last + compile"] = train_step(compiled, args.steps)
         weights = Path(tmp) / "model.pt"
         from model import UNet3D
@@ -152,10 +193,19 @@ def main() -> None:
                                       {}, 0, {}, {"training_data": {}, "code": {}, "versions": {}}))
         raw = Path(tmp) / "raw"
         predict_cases(weights, raw, Path(tmp) / "warm", params_file, False)   # warm-up: file caches, allocator
-        for name, fmt, kernel_norm in configs:
-            with layout(fmt, kernel_norm):
+        for name, fmt, norm in configs:
+            with layout(fmt, norm):
                 rows[f"predict.py per case, {name}"] = predict_cases(weights, raw, Path(tmp) / name, params_file, False)
+        if native_bf16:
+            with cpu_bf16():
+                rows["predict.py per case, channels-last, bf16 autocast"] = predict_cases(
+                    weights, raw, Path(tmp) / "bf16", params_file, False)
         if args.compile:
+            torch._dynamo.reset()
+            with layout(torch.channels_last_3d, "var_mean"):
+                rows["predict.py per case, channels-last + compile, var_mean norm"] = predict_cases(
+                    weights, raw, Path(tmp) / "compiled_var_mean", params_file, True)
+            torch._dynamo.reset()
             rows["predict.py per case, channels-last + compile"] = predict_cases(weights, raw, Path(tmp) / "compiled",
                                                                                  params_file, True)
     base_train, base_predict = rows["train step, plain"]["s/step"], rows["predict.py per case, plain"]["s/case"]

@@ -34,7 +34,9 @@ class Runtime:
 def resolve_precision(requested: str, device: torch.device | str) -> str:
     """bf16 | fp16 | fp32 for a params value (auto | bf16 | fp16 | fp32) on `device`.
 
-    Autocast is used on CUDA only: `auto` is bf16 there, and every request is fp32 on the CPU."""
+    Autocast is used on CUDA only: `auto` is bf16 there, and every request is fp32 on the CPU. Even a
+    CPU with native bf16 (AVX512-BF16) trained slower in bf16 than in fp32 (bench/cpu.py, BENCHMARKS.md),
+    and masks computed in fp32 do not depend on whether the CPU has bf16."""
     if torch.device(device).type != "cuda":
         return "fp32"
     return "bf16" if requested == "auto" else requested
