@@ -218,7 +218,9 @@ def fit(parts: Parts, params: Params, rt: Runtime, val_cases: list[str], state: 
             losses.append(value.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}",
                             patches_per_s=f"{(step + 1) * x.shape[0] * rt.world / (time.time() - t0):.1f}")
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": parts.scheduler.get_last_lr()[0]}
+        seconds = time.time() - t0       # the epoch's steps and their loading, not its validation
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": parts.scheduler.get_last_lr()[0],
+               "patches_per_s": len(losses) * tp.batch_size * rt.world / seconds}
         if (epoch + 1) % tp.val_every == 0 or epoch + 1 == tp.epochs:
             if rt.main:
                 row.update(validate(parts.model, params, rt, val_cases))

@@ -128,3 +128,26 @@ def test_sim2real_missing_weights_is_one_line(tmp_path, small_case):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: weights file {tmp_path / 'none.pt'} not found")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_recipe_benchmark_trains_twice_and_compares_the_weights(tmp_path):
+    """bench/recipe.py shrunk to a CPU (its -S overrides come last): two deterministic runs give the
+    same weights, and each epoch's patches/s is read from the train stage's own lines."""
+    from helpers import SMALL_GRID, SMALL_SPACING
+    tiny = {"synthesize.grid": list(SMALL_GRID), "synthesize.spacing_mm": SMALL_SPACING, "synthesize.workers": 1,
+            "preprocess.workers": 1, "preprocess.val_fraction": 0.34, "model.base_width": 4, "model.max_width": 16,
+            "model.depth": 3, "train.patch": [16, 16, 16], "train.precision": "fp32", "train.compile": False,
+            "train.workers": 0, "train.iterations_per_epoch": 2, "train.val_batch": 4}
+    out = tmp_path / "recipe.json"
+    cmd = [sys.executable, "bench/recipe.py", "--work", str(tmp_path / "work"), "--out", str(out),
+           "--patients", "3", "--epochs", "2"]
+    for key, value in tiny.items():
+        cmd += ["-S", f"{key}={json.dumps(value)}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["identical weights"] is True and "identical weights" in done.stdout
+    assert [r["epochs"] for r in result["runs"]] == [2, 2]
+    assert all(len(r["patches/s by epoch"]) == 2 and min(r["patches/s by epoch"]) > 0 for r in result["runs"])
+    assert result["settings"]["train.iterations_per_epoch"] == 2 and result["settings"]["train.augment"] == "full"

@@ -51,3 +51,13 @@ def test_real_data_cpu_recipe_is_valid_and_is_what_bench_real_measures():
     for key, value in real.CPU_RECIPE.items():       # the figures in the README come from these settings
         given = overrides[key]
         assert (float(given) if isinstance(value, float) else given) == value, key   # YAML 1.1 reads 1e-5 as text
+
+
+def test_bench_recipe_trains_the_readme_gpu_recipe():
+    """bench/recipe.py's settings are the README's GPU command's (less folds, tuning and epochs)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_recipe", ROOT / "bench" / "recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    readme = gpu_overrides()
+    assert {key: readme[key] for key in recipe.GPU_RECIPE} == recipe.GPU_RECIPE
