@@ -163,13 +163,13 @@ def model_folder(weights: Path) -> Path:
 
 def weights_for(args: argparse.Namespace) -> list[Path]:
     """The weights files to ensemble: `--weights` itself when a file; in a folder, the folds its
-    post-processing was chosen for (so a fold left from an earlier `train.folds` is not mixed in),
-    else every fold's weights there."""
+    post-processing file lists, whether or not it is applied (so a fold left from an earlier
+    `train.folds` is not mixed in), else every fold's weights there."""
     if not args.weights.exists():
         raise UserError(f"--weights {args.weights} not found: give the model folder (`dvc pull` fetches it) "
                         "or a weights file")
     pp_file = args.weights / postprocessing.FILE
-    if args.weights.is_dir() and pp_file.exists() and not args.no_postprocessing and not args.postprocessing:
+    if args.weights.is_dir() and pp_file.exists():
         listed = [w for w, _ in postprocessing.weights_of(pp_file)]
         if listed:
             return listed

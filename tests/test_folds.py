@@ -116,12 +116,17 @@ def test_ensemble_averages_the_folds_and_predict_matches_evaluate(folded, tmp_pa
     shutil.copytree(fold_dir(params.paths.models_dir, 0), stale)
     raw = tmp_path / "raw"
     shutil.copytree(params.paths.synthetic_dir / case, raw / case)
+    params_file = str(params.paths.preprocessed_dir.parent.parent / "params.yaml")
     try:
         assert predict.main(["--weights", str(params.paths.models_dir), "--input", str(raw), "--output",
-                             str(tmp_path / "pred"), "--params", str(params.paths.preprocessed_dir.parent.parent /
-                                                                     "params.yaml")]) == 0
+                             str(tmp_path / "pred"), "--params", params_file]) == 0
+        # without post-processing too: the file still says which folds make the model set
+        assert predict.main(["--weights", str(params.paths.models_dir), "--input", str(raw), "--output",
+                             str(tmp_path / "raw-pred"), "--params", params_file, "--no-postprocessing"]) == 0
     finally:
         shutil.rmtree(stale)
+    unprocessed = json.loads((tmp_path / "raw-pred" / "predictions.json").read_text())
+    assert [w["path"] for w in unprocessed["weights"]["files"]] == [str(f) for f in files]
     ours = np.asanyarray(nib.load(tmp_path / "pred" / f"{case}.nii.gz").dataobj)
     stage = np.asanyarray(nib.load(params.paths.predictions_dir / f"{case}.nii.gz").dataobj)
     assert np.array_equal(ours, stage)
