@@ -50,15 +50,17 @@ def _ignore_ctrl_c() -> None:
 
 
 def _submit(pool: ProcessPoolExecutor, work: Callable, job) -> Future:
-    """pool.submit, which may start a worker: started with Ctrl-C ignored, a worker keeps it ignored
-    from its first instruction (not only once its initializer runs after the imports)."""
+    """pool.submit, which may start a worker: with Ctrl-C blocked while it does, so that a worker
+    (and the executor's thread) starts with it blocked and never takes the terminal's Ctrl-C, which
+    the main process handles. Blocked rather than ignored: a Ctrl-C that lands meanwhile waits for
+    the main process instead of being lost."""
     if threading.current_thread() is not threading.main_thread():
         return pool.submit(work, job)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return pool.submit(work, job)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _exit_codes(pool: ProcessPoolExecutor, wait_s: float = 2.0) -> list[int | None]:

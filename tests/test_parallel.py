@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
 
 
@@ -31,3 +33,24 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path):
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "error: a synthesize worker exited with an error" in done.stdout, done.stdout + done.stderr[-2000:]
     assert '`if __name__ == "__main__":`' in done.stdout and "memory" not in done.stdout
+
+
+def test_ctrl_c_while_a_worker_starts_is_not_lost(monkeypatch):
+    """Ctrl-C that lands while the main process starts a worker (which must begin with Ctrl-C off)
+    still stops the run: it waits until the worker has started, it is not dropped."""
+    import os
+    import signal
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    import parallel
+    started = ProcessPoolExecutor.submit
+
+    def submit(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)          # the key press, during the start
+        return started(self, *args, **kwargs)
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    begun = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        list(parallel.run_each(time.sleep, [2.0] * 4, 2, str, "preprocess"))
+    assert time.monotonic() - begun < 3.0             # stopped, not after the 4 s the jobs take
