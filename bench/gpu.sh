@@ -9,6 +9,10 @@
 # so that one call fits a lent machine's 10-minute limit.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu.sh OUT_DIR}
+parts=${PARTS:-scale run recipe}
+for part in $parts; do
+    case $part in scale|run|recipe) ;; *) echo "error: PARTS holds '$part'; use any of: scale run recipe" >&2; exit 2;; esac
+done
 mkdir -p "$out"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -19,7 +23,6 @@ export PYTHONUNBUFFERED=1
   python3 -c "import torch, numpy, scipy, blosc2; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
 'cuDNN', torch.backends.cudnn.version(), 'numpy', numpy.__version__, 'scipy', scipy.__version__, 'blosc2', blosc2.__version__)"
 } 2>&1 | tee "$out/machine.txt"
-parts=${PARTS:-scale run recipe}
 if [[ " $parts " == *" scale "* ]]; then
     timeout 300 python3 bench/scale.py --cases 24 --workers 12 --loader-workers 12 --batches 40 \
         --out "$out/scale_gpu_machine.json" 2>&1 | grep -v "case/s\]\|it/s\]" | tee "$out/scale.log"

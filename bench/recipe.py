@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 
+from errors import run_stage  # noqa: E402
 from files import file_sha256  # noqa: E402
 from real import QUIET, checkout, parse_override, run  # noqa: E402
 
@@ -96,8 +97,7 @@ def main() -> None:
         runs.append({"seconds": float(trained[-1][1]), "epochs": int(trained[-1][0]),
                      "patches/s by epoch": [float(rate) for _, rate in rates],
                      "sha256": file_sha256(folder / "models" / "folds" / "fold_0" / "model.pt")})
-    result = {"settings": {k: v for k, v in overrides.items() if not k.startswith("train.mlflow")},
-              "runs": runs, "identical weights": runs[0]["sha256"] == runs[1]["sha256"]}
+    result = {"settings": overrides, "runs": runs, "identical weights": runs[0]["sha256"] == runs[1]["sha256"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for k, r in enumerate(runs, 1):
@@ -108,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)     # a full disk or an unwritable --out: one line
