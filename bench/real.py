@@ -47,7 +47,8 @@ from preprocess import fold_patients  # noqa: E402
 # starting from the synthetic set's weights (train.init_weights, set by --init).
 CPU_RECIPE = {
     "preprocess.spacing_mm": 2.0,
-    "train.patch": [64, 64, 64], "train.augment": "full", "train.epochs": 50, "train.val_every": 25,
+    "train.patch": [64, 64, 64], "train.augment": "full", "train.modality_dropout": 0.0, "train.epochs": 50,
+    "train.val_every": 25,
     "tune.trials": 0, "lr": 0.003, "weight_decay": 1.0e-5, "beta1": 0.9, "beta2": 0.999,
 }
 QUIET = {"train.mlflow": False, "train.wandb": "disabled", "evaluate.overlays": 0}

@@ -57,6 +57,7 @@ class Draw:
     lowres: list[float | None] = field(default_factory=list)
     gamma_inverted: list[float] | None = None
     gamma: list[float] | None = None
+    dropped: int | None = None             # modality dropout: this channel becomes 0 (the head's mean)
 
 
 def rotation(angles: np.ndarray) -> np.ndarray:
@@ -199,6 +200,9 @@ def apply(x: torch.Tensor, y: torch.Tensor, d: Draw, patch: tuple[int, int, int]
     for gammas, invert in ((d.gamma_inverted, True), (d.gamma, False)):
         if gammas is not None:
             x = torch.stack([_gamma(c, g, invert) for c, g in zip(x, gammas)])
+    if d.dropped is not None:
+        x = x.clone()
+        x[d.dropped] = 0.0
     dims = [axis for axis, f in enumerate(d.flips) if f]
     if dims:
         x, y = x.flip([a + 1 for a in dims]), y.flip(dims)

@@ -53,12 +53,12 @@ class PatchDataset(Dataset):
     the training device (`__getitem__`); `patch_at` gives a sample as training sees it."""
 
     def __init__(self, pre_dir: Path, cases: list[str], patch: tuple[int, int, int], length: int,
-                 foreground_fraction: float, augmentation: str, seed: int):
+                 foreground_fraction: float, augmentation: str, seed: int, modality_dropout: float = 0.0):
         if augmentation not in augment.AUGMENTATIONS:
             raise ValueError(f"augmentation {augmentation!r} is not one of {augment.AUGMENTATIONS}")
         self.pre_dir, self.cases, self.patch = pre_dir, cases, patch
         self.length, self.foreground_fraction, self.seed = length, foreground_fraction, seed
-        self.augmentation = augmentation
+        self.augmentation, self.modality_dropout = augmentation, modality_dropout
         self.epoch = 0
         for case in cases:  # fail now, with the case's name, rather than in a worker later
             open_case(pre_dir, case)
@@ -75,6 +75,8 @@ class PatchDataset(Dataset):
         corner = choose_corner(rng, label, self.patch, rng.random() < self.foreground_fraction)
         matrix = augment.draw_spatial(rng) if self.augmentation == "full" else None
         draw = augment.draw_intensity(rng, image.shape[0], self.augmentation)
+        if self.modality_dropout and rng.random() < self.modality_dropout:
+            draw.dropped = int(rng.integers(image.shape[0]))
         if matrix is None:
             x, y = cut(image, corner, self.patch), cut(label, corner, self.patch)
         else:

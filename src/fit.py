@@ -108,7 +108,7 @@ def make_loader(params: Params, rt: Runtime, cases: list[str]) -> tuple[PatchDat
     tp = params.train
     per_epoch = tp.iterations_per_epoch * tp.batch_size * rt.world
     dataset = PatchDataset(params.paths.preprocessed_dir, cases, tp.patch, per_epoch, tp.foreground_fraction,
-                           tp.augment, params.base.seed)
+                           tp.augment, params.base.seed, tp.modality_dropout)
     # rank r takes batch slots r, r + world, …: disjoint samples, the same ones after a resume
     mine = [i for i in range(per_epoch) if (i // tp.batch_size) % rt.world == rt.rank]
     loader = DataLoader(Subset(dataset, mine), batch_size=tp.batch_size, shuffle=False, collate_fn=collate,

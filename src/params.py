@@ -130,6 +130,7 @@ class TrainParams:
     patch: tuple[int, int, int] = _num(8, 512)
     foreground_fraction: float = _num(0.0, 1.0)
     augment: Literal["none", "light", "full"]   # src/augment.py
+    modality_dropout: float = _num(0.0, 1.0)    # share of patches with one modality blanked (0 = its mean)
     loss: LossParams
     schedule: Literal["none", "poly", "cosine"]
     precision: Literal["auto", "bf16", "fp16", "fp32"]   # auto: bf16 on CUDA, fp32 on CPU

@@ -8,9 +8,11 @@ rim (ET, bright on T1c), a necrotic core (NETC, dark on T1c, bright on T2 and of
 in some cases, a fluid-filled resection cavity (RC, CSF-like); FLAIR-bright white-matter lesions that
 are not tumour (T1-iso, unlike oedema). Sizes and contrasts follow what 20 real BraTS 2018 cases
 show (bench/sim2real.py, BENCHMARKS.md). Each case draws its own tissue contrast, and each image its
-own bias field, texture, noise level, gain and, in a third of them, thick-slice blur. A threshold on
-one modality finds the whole tumour no better than on real scans (tests/test_synthesize.py), so a
-model has to combine them.
+own bias field, texture, noise level, gain and, as often as BraTS' protocols acquire that modality
+in 2D, thick-slice blur. Healthy tissue carries more fine structure than oedema, and the cerebellum
+is T1-darker than the cerebrum's white matter, as in real scans. A threshold on one modality finds
+the whole tumour no better than on real scans (tests/test_synthesize.py), so a model has to combine
+them.
 
 Patients get 1..`visits` visits that share anatomy while the tumour changes. Each case is drawn
 from its own seed (base.seed, patient, visit), and files are written without timestamps, so the
@@ -63,6 +65,10 @@ DEEP_GREY = (((11.0, 0.0, -12.0), (8.0, 14.0, 9.0)),     # thalamus
              ((22.0, 20.0, -16.0), (6.0, 16.0, 10.0)),   # putamen and globus pallidus
              ((13.0, 30.0, -6.0), (5.0, 8.0, 8.0)),      # caudate head
              ((38.0, 10.0, -14.0), (4.0, 22.0, 16.0)))   # insular cortex
+# Share of images acquired as thick 2D slices (blurred along one axis when rendered). BraTS' scans
+# (Menze et al. 2015, Bakas et al. 2017): T1 sagittal or axial 2D, 1-6 mm; T1c a 3D 1 mm acquisition;
+# T2 and FLAIR 2D, 2-6 mm slices.
+THICK_SLICES = {"t1n": 0.5, "t1c": 0.2, "t2w": 0.7, "t2f": 0.7}
 # World position (mm) of voxel (0, 0, 0) in FSL's MNI152 templates, at 1 mm and at 2 mm alike.
 MNI_CORNER_MM = (90.0, -126.0, -72.0)
 
@@ -131,6 +137,10 @@ def anatomy(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float
     folding = smooth_noise(rng, grid, spacing, 10.0)
     sulcal_csf = 1 - soft(r - 0.955 - 0.02 * folding, 0.008)  # CSF shell under the brain surface
     cortex = 1 - soft(r - 0.80 - 0.06 * folding, 0.015)
+    # sulci reaching into the cortex: thin CSF sheets where a random field crosses zero, the fine
+    # structure that makes healthy tissue the most textured part of a real scan
+    sulci = soft(np.abs(smooth_noise(rng, grid, spacing, 9.0)) - 0.15, 0.04) * cortex * (r < 0.97)
+    sulcal_csf = np.maximum(sulcal_csf, 0.9 * sulci)
     vents = np.zeros(grid, np.float64)
     for side in (-1, 1):  # two lateral ventricles beside the midline
         c = np.array([side * 10.0, 5.0, 12.0]) * rng.uniform(0.8, 1.2)
@@ -156,7 +166,11 @@ def anatomy(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float
         for side in (-1, 1):
             nucleus = ellipsoid((side * centre[0], centre[1], centre[2]), axes)
             gm = np.maximum(gm, 0.85 * soft(nucleus - 1.0, 0.08) * (1 - csf))
-    gm[cerebellum] = (0.6 + 0.3 * folia[cerebellum]) * (1 - cb_csf[cerebellum])
+    # the cerebellar cortex is mostly grey matter, with CSF in the fissures between the folia: darker
+    # than the cerebrum's white matter on T1 and not brighter on FLAIR (bench/sim2real.py's profile)
+    fissures = 0.8 * soft(np.abs(smooth_noise(rng, grid, spacing, 6.0)) - 0.15, 0.04)
+    cb_csf = np.maximum(cb_csf, fissures)
+    gm[cerebellum] = (0.78 + 0.2 * folia[cerebellum]) * (1 - cb_csf[cerebellum])
     gm[stem] = 0.2
     csf[cerebellum] = cb_csf[cerebellum]
     csf[stem] = 0.0
@@ -200,13 +214,15 @@ def evolve(t: Tumour, rng: np.random.Generator, visit_index: int) -> Tumour:
 def tumour_labels(t: Tumour, rng: np.random.Generator, grid: tuple[int, int, int], spacing: float,
                   xyz: list[np.ndarray], brain: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """BraTS 2024 label map (uint8, 0..4) of one tumour, kept inside the brain, and the oedema's
-    signal strength (1 near the core, fading to three quarters at its outer edge, as real oedema does).
+    signal strength (1 near the core, fading to 0.65 at its outer edge: real oedema's FLAIR lower
+    quartile lies as far below its median as its upper quartile lies above).
     Oedema spreads further through white matter than through grey matter and stays out of CSF."""
     d = np.sqrt(sum((x - c) ** 2 for x, c in zip(xyz, t.centre_mm)))
     lumpy = 1 + 0.22 * smooth_noise(rng, grid, spacing, 18.0)
     core = d * lumpy / t.radius_mm                 # < 1 inside the core
-    # oedema spreads irregularly, further along some directions than others
-    spread = np.clip(1 + 0.25 * smooth_noise(rng, grid, spacing, 25.0), 0.6, 1.5)
+    # oedema spreads irregularly, further along some directions than others, with a ragged edge
+    spread = np.clip(1 + 0.25 * smooth_noise(rng, grid, spacing, 25.0)
+                     + 0.15 * smooth_noise(rng, grid, spacing, 8.0), 0.5, 1.5)
     white = ndimage.gaussian_filter(tissue[0], 3.0 / spacing)
     oedema = d / (min(t.radius_mm * t.oedema_scale, 48.0) * spread * (0.85 + 0.35 * white))
     labels = np.zeros(grid, np.uint8)
@@ -226,7 +242,7 @@ def tumour_labels(t: Tumour, rng: np.random.Generator, grid: tuple[int, int, int
     pieces, _ = ndimage.label(labels > 0)     # oedema cut off from the tumour by CSF is not kept
     kept = np.unique(pieces[np.isin(labels, (1, 3, 4))])
     labels[(labels == 2) & ~np.isin(pieces, kept[kept > 0])] = 0
-    strength = 0.75 + 0.25 * np.clip((1 - oedema) / 0.5, 0, 1)
+    strength = 0.65 + 0.35 * np.clip((1 - oedema) / 0.5, 0, 1)
     return labels, strength
 
 
@@ -262,9 +278,10 @@ def case_signal(rng: np.random.Generator) -> np.ndarray:
 def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, grid: tuple[int, int, int],
            spacing: float, xyz: list[np.ndarray]) -> np.ndarray:
     """(4, X, Y, Z) float32 images: each case's own tissue signal, uneven inside the tumour, then what
-    differs from scanner to scanner, drawn per modality: texture, bias field (strength, a top-to-bottom
-    gradient and, on FLAIR, brightening toward the skull base), noise level, thick slices (blur along
-    one axis, in a third of the images) and gain."""
+    differs from scanner to scanner, drawn per modality: texture (weaker inside the tumour), bias
+    field (strength, a top-to-bottom gradient and, on FLAIR, a change toward the skull base), noise
+    level, thick slices (blur along one axis, as often as BraTS' protocols acquire that modality in 2D:
+    THICK_SLICES) and gain."""
     signal = case_signal(rng)
     images = np.zeros((len(MODALITIES), *grid), np.float32)
     for m in range(len(MODALITIES)):
@@ -272,14 +289,19 @@ def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, g
         # tumour tissue is uneven, in each modality its own way: real oedema's FLAIR quartiles lie
         # about twice as far apart as a uniform tissue's would (bench/results/sim2real.json)
         tumour = np.tensordot(signal[TUMOUR_TISSUES, m], fractions[TUMOUR_TISSUES], axes=1)
-        clean += tumour * rng.uniform(0.1, 0.25) * smooth_noise(rng, grid, spacing, 6.0)
-        clean *= 1 + rng.uniform(0.03, 0.09) * smooth_noise(rng, grid, spacing, 4.0)   # tissue texture
+        clean += tumour * rng.uniform(0.2, 0.4) * smooth_noise(rng, grid, spacing, 14.0)
+        # tissue texture, fine and strongest in healthy tissue: oedema is smoother than the brain
+        # around it in real scans (high-pass std, bench/sim2real.py), not rougher
+        smoother = 1 - 0.7 * np.clip(fractions[TUMOUR_TISSUES].sum(axis=0), 0, 1)
+        clean *= 1 + rng.uniform(0.04, 0.12) * smoother * smooth_noise(rng, grid, spacing, 4.0)
         # bias field: smooth, plus a gradient from the top of the head to the bottom (coil sensitivity)
         gradient = rng.uniform(-0.25, 0.25) * np.clip(-xyz[2] / 70.0, -1.0, 1.0)
-        if MODALITIES[m] == "t2f":   # FLAIR brightens toward the skull base (inflow and B1 effects)
-            gradient = gradient + rng.uniform(0.1, 0.6) * np.clip((-xyz[2] - 20.0) / 40.0, 0.0, 1.0)
+        if MODALITIES[m] == "t2f":
+            # FLAIR's own change toward the skull base (inflow, B1), either way: over the 20 real cases
+            # healthy tissue there is not brighter than mid-brain on the whole (bench/sim2real.py's profile)
+            gradient = gradient + rng.uniform(-0.3, 0.2) * np.clip((-xyz[2] - 20.0) / 40.0, 0.0, 1.0)
         clean *= np.exp(rng.uniform(0.05, 0.2) * smooth_noise(rng, grid, spacing, 90.0) + gradient)
-        if rng.random() < 1 / 3:
+        if rng.random() < THICK_SLICES[MODALITIES[m]]:
             clean = ndimage.gaussian_filter1d(clean, rng.uniform(1.0, 2.5) / spacing, axis=int(rng.integers(3)))
         sigma = rng.uniform(0.02, 0.05)
         noisy = np.hypot(clean + sigma * rng.standard_normal(grid),

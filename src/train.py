@@ -120,6 +120,17 @@ def fold_paths(params: Params, fold: int) -> Params:
         resume_dir=paths.resume_dir / f"fold_{fold}"))
 
 
+def real_data_notice(params: Params) -> str | None:
+    """The line train prints when an augmentation meant for the synthetic set is on with other data:
+    modality dropout helps a model trained on synthetic cases carry over to real scans (issue 23), and
+    is never applied to real data without saying so."""
+    paths, rate = params.paths, params.train.modality_dropout
+    if not rate or paths.raw_dir.resolve() == paths.synthetic_dir.resolve():
+        return None
+    return (f"note: train.modality_dropout is {rate:g} with the data of {paths.raw_dir} (not the synthetic set): "
+            f"one modality is blanked in {rate:.0%} of the patches; set train.modality_dropout: 0 to train without it")
+
+
 def train(params: Params, fold: int = 0) -> dict:
     """Train fold `fold` as params say, resuming from a checkpoint of the same inputs; write the
     stage's outputs and return the summary written to DVCLive's metrics.json."""
@@ -133,6 +144,9 @@ def train(params: Params, fold: int = 0) -> dict:
         for folder in (paths.models_dir, paths.live_dir, paths.resume_dir):
             check_writable(folder, "train writes its outputs there: free space, fix permissions or change "
                                    "paths in params.yaml")
+        notice = real_data_notice(params)
+        if notice:
+            print(notice, file=sys.stderr)
     manifest = read_manifest(paths.preprocessed_dir)
     spacing = training_spacing(manifest, train_cases)
     parts = build(params, rt, train_cases)

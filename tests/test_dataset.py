@@ -92,3 +92,29 @@ def test_a_case_damaged_during_training_is_one_line_from_any_worker(tiny_data, t
         message = str(caught.value)
         assert "\n" not in message and "Traceback" not in message
         assert message.startswith("preprocessed file ") and "label.b2nd is missing or damaged" in message
+
+
+def test_modality_dropout_blanks_one_whole_channel_and_nothing_else(tiny_data):
+    """train.modality_dropout (issue 23): in that share of patches one modality, drawn per sample, is
+    0 (the head's mean after z-scoring) everywhere; the other channels and the labels are the patch
+    without it, and with 0 no random number is drawn, so the patches are those of before."""
+    pre = tiny_data / "data" / "preprocessed"
+    cases = load_split(pre, "train")
+    plain = PatchDataset(pre, cases, (16, 16, 16), 40, 0.5, "light", seed=5)
+    never = PatchDataset(pre, cases, (16, 16, 16), 40, 0.5, "light", seed=5, modality_dropout=0.0)
+    always = PatchDataset(pre, cases, (16, 16, 16), 40, 0.5, "light", seed=5, modality_dropout=1.0)
+    half = PatchDataset(pre, cases, (16, 16, 16), 40, 0.5, "light", seed=5, modality_dropout=0.5)
+    dropped = []
+    for i in range(40):
+        x, y = plain.patch_at(i)
+        xn, yn = never.patch_at(i)
+        assert torch.equal(x, xn) and torch.equal(y, yn)
+        xa, ya = always.patch_at(i)
+        assert torch.equal(y, ya)
+        blank = [c for c in range(4) if not torch.equal(xa[c], x[c])]
+        assert len(blank) == 1 and (xa[blank[0]] == 0).all() and (x[blank[0]] != 0).any()
+        dropped.append(blank[0])
+        xh, _ = half.patch_at(i)
+        assert sum(not torch.equal(xh[c], x[c]) for c in range(4)) <= 1
+    assert set(dropped) == {0, 1, 2, 3}                    # each modality is drawn
+    assert 5 <= sum(not torch.equal(half.patch_at(i)[0], plain.patch_at(i)[0]) for i in range(40)) <= 35

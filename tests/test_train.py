@@ -66,6 +66,19 @@ def test_outputs(tiny_params):
     assert origin["training_data"]["edition"] == "2024"        # the tiny synthetic cases are 2024's layout
 
 
+def test_modality_dropout_is_never_silent_on_real_data(tiny_params, tmp_path, capsys):
+    """train.modality_dropout is for the synthetic default (issue 23): with paths.raw_dir elsewhere
+    (real data), train says it is on and how to turn it off; on the synthetic set, or at 0, nothing."""
+    assert train.real_data_notice(tiny_params(train__modality_dropout=0.3)) is None
+    real = {"paths__raw_dir": str(tmp_path / "BraTS2021")}
+    assert train.real_data_notice(tiny_params(train__modality_dropout=0.0, **real)) is None
+    notice = train.real_data_notice(tiny_params(train__modality_dropout=0.3, **real))
+    assert notice.startswith("note: train.modality_dropout is 0.3 with the data of ")
+    assert str(tmp_path / "BraTS2021") in notice and "30%" in notice and "train.modality_dropout: 0" in notice
+    train.train(tiny_params(train__modality_dropout=0.3, train__epochs=1, **real))
+    assert notice in capsys.readouterr().err.splitlines()
+
+
 def test_validation_curves_have_rows_only_where_validation_ran(tiny_params):
     params = tiny_params(train__epochs=3, train__val_every=2)
     train.train(params)
