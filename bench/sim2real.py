@@ -109,8 +109,7 @@ def case_statistics(case) -> dict:
     masks = {"healthy": head & ~wt, "SNFH": seg == 2, "ET": et, "NETC": seg == 1}
     intensity = {}
     for m, name in enumerate(MODALITIES):
-        values = raw.images[m][head]
-        z = (raw.images[m] - values.mean()) / max(float(values.std()), 1e-6)
+        z = zscore(raw.images[m], head)
         intensity[name] = {t: (np.percentile(z[mask], [25, 50, 75]).round(3).tolist() if mask.any() else None)
                            for t, mask in masks.items()}
     stats["intensity_z"] = intensity
