@@ -20,7 +20,7 @@ the head (brain volume in cm³: voxels non-zero in any modality; extent of its b
 of at least 0.1 cm³) and the intensities: each modality z-scored over the head (as preprocess does),
 its quartiles inside healthy tissue (head minus WT), oedema (SNFH), enhancing tumour (ET) and
 necrosis (NETC). Distance to the ventricles is not measured: real BraTS cases carry no ventricle
-label. Two more, at the 2 mm the default trains at (1 mm cases are resampled as preprocess does): the
+label. Two more, on each case as preprocess prepares it at the 2 mm the default trains at: the
 texture (std of the high-pass, z minus its Gaussian blur of σ 1 voxel, inside the head eroded by 3
 voxels) of healthy tissue and of oedema, and the height profile (median z of healthy tissue in 8
 slabs of the head from bottom to top). `--plot` draws the per-modality intensity comparison.
@@ -44,19 +44,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from brats import MODALITIES  # noqa: E402
 from editions import find_cases  # noqa: E402
 from nifti import read_case  # noqa: E402
-import resample  # noqa: E402
-from geometry import to_canonical  # noqa: E402
+from prepare import prepare, zscore  # noqa: E402
 
 TARGETS = {"WT dice": 0.75, "TC dice": 0.65, "min case WT dice": 0.40}
 TISSUES = ("healthy", "SNFH", "ET", "NETC")
 MIN_COMPONENT_CM3 = 0.1
 TEXTURE_SPACING_MM = 2.0
 PROFILE_SLABS = 8
-
-
-def zscore(image: np.ndarray, head: np.ndarray) -> np.ndarray:
-    values = image[head]
-    return (image - values.mean()) / max(float(values.std()), 1e-6)
 
 
 def texture(z: np.ndarray, head: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float | None]:
@@ -71,23 +65,16 @@ def texture(z: np.ndarray, head: np.ndarray, masks: dict[str, np.ndarray]) -> di
 def height_profile(z: np.ndarray, head: np.ndarray, healthy: np.ndarray) -> list[float | None]:
     """Median z of healthy tissue in PROFILE_SLABS slabs of the head's height (last axis, bottom first)."""
     slices = np.flatnonzero(head.any(axis=(0, 1)))
-    edges = np.linspace(slices[0], slices[-1] + 1, PROFILE_SLABS + 1)
+    edges = np.rint(np.linspace(slices[0], slices[-1] + 1, PROFILE_SLABS + 1)).astype(int)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        slab = healthy[:, :, int(round(lo)):int(round(hi))]
-        values = z[:, :, int(round(lo)):int(round(hi))][slab]
+        values = z[:, :, lo:hi][healthy[:, :, lo:hi]]
         out.append(round(float(np.median(values)), 3) if values.size else None)
     return out
 
 
-def at_texture_spacing(images: np.ndarray, seg: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The case resampled to TEXTURE_SPACING_MM as preprocess would (cubic images, labels by region)."""
-    target = (TEXTURE_SPACING_MM,) * 3
-    if np.allclose(spacing, target):
-        return images, seg
-    shape = resample.target_shape(seg.shape, tuple(spacing), target)
-    head = resample.mask((images != 0).any(axis=0), shape)
-    return resample.images(images, shape) * head, resample.labels(seg, shape)
+def quartiles(values: list, digits: int = 3) -> list[float] | None:
+    return np.percentile(values, [25, 50, 75]).round(digits).tolist() if len(values) else None
 
 
 def case_statistics(case) -> dict:
@@ -108,18 +95,17 @@ def case_statistics(case) -> dict:
              "wt_components": int((sizes >= MIN_COMPONENT_CM3).sum())}
     masks = {"healthy": head & ~wt, "SNFH": seg == 2, "ET": et, "NETC": seg == 1}
     intensity = {}
+    z = zscore(raw.images, head)
     for m, name in enumerate(MODALITIES):
-        z = zscore(raw.images[m], head)
-        intensity[name] = {t: (np.percentile(z[mask], [25, 50, 75]).round(3).tolist() if mask.any() else None)
-                           for t, mask in masks.items()}
+        intensity[name] = {t: quartiles(z[m][mask]) for t, mask in masks.items()}
     stats["intensity_z"] = intensity
-    images2, canonical = to_canonical(raw.images, raw.affine)      # bottom to top along the last axis
-    seg2, _ = to_canonical(seg, raw.affine)
-    images2, seg2 = at_texture_spacing(images2, seg2, np.sqrt((canonical[:3, :3] ** 2).sum(axis=0)))
-    head2 = (images2 != 0).any(axis=0)
-    healthy2 = head2 & (seg2 == 0)
-    z2 = [zscore(images2[m], head2) for m in range(len(MODALITIES))]
-    stats["texture"] = {name: texture(z2[m], head2, {"healthy": healthy2, "SNFH": seg2 == 2})
+    # texture and profile as the network sees the case: RAS (bottom to top along the last axis),
+    # cropped, at TEXTURE_SPACING_MM and z-scored, by preprocess' own code
+    seen = prepare(raw, (TEXTURE_SPACING_MM,) * 3)
+    z2 = seen.image.astype(np.float32)
+    head2 = (z2 != 0).any(axis=0)
+    healthy2 = head2 & (seen.labels == 0)
+    stats["texture"] = {name: texture(z2[m], head2, {"healthy": healthy2, "SNFH": seen.labels == 2})
                         for m, name in enumerate(MODALITIES)}
     stats["profile_z"] = {name: height_profile(z2[m], head2, healthy2) for m, name in enumerate(MODALITIES)}
     return {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v) for k, v in stats.items()}
@@ -130,24 +116,22 @@ def summarise(per_case: dict[str, dict]) -> dict:
     out = {}
     keys = ("brain_cm3", "wt_cm3", "tc_cm3", "et_cm3", "snfh_over_tc", "wt_components")
     for key in keys:
-        values = [c[key] for c in per_case.values() if c[key] is not None]
-        out[key] = np.percentile(values, [25, 50, 75]).round(3).tolist() if values else None
+        out[key] = quartiles([c[key] for c in per_case.values() if c[key] is not None])
     for axis in range(3):
-        out[f"extent_mm_{'xyz'[axis]}"] = np.percentile([c["extent_mm"][axis] for c in per_case.values()],
-                                                        [25, 50, 75]).round(1).tolist()
+        out[f"extent_mm_{'xyz'[axis]}"] = quartiles([c["extent_mm"][axis] for c in per_case.values()], 1)
     for name in MODALITIES:
         for tissue in TISSUES:
             medians = [c["intensity_z"][name][tissue][1] for c in per_case.values()
                        if c["intensity_z"][name][tissue] is not None]
-            out[f"z_{name}_{tissue}"] = np.percentile(medians, [25, 50, 75]).round(3).tolist() if medians else None
+            out[f"z_{name}_{tissue}"] = quartiles(medians)
     for name in MODALITIES:
         for tissue in ("healthy", "SNFH"):
-            values = [c["texture"][name][tissue] for c in per_case.values() if c["texture"][name][tissue] is not None]
-            out[f"texture_{name}_{tissue}"] = np.percentile(values, [25, 50, 75]).round(3).tolist() if values else None
+            out[f"texture_{name}_{tissue}"] = quartiles([c["texture"][name][tissue] for c in per_case.values()
+                                                         if c["texture"][name][tissue] is not None])
     for name in MODALITIES:
         for slab in range(PROFILE_SLABS):
-            values = [c["profile_z"][name][slab] for c in per_case.values() if c["profile_z"][name][slab] is not None]
-            out[f"profile_{name}_{slab}"] = np.percentile(values, [25, 50, 75]).round(3).tolist() if values else None
+            out[f"profile_{name}_{slab}"] = quartiles([c["profile_z"][name][slab] for c in per_case.values()
+                                                       if c["profile_z"][name][slab] is not None])
     return out
 
 
