@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 from helpers import ADAM, SMALL_GRID, SMALL_SPACING, TINY, write_case, write_params
 from params import load_params
 from synthesize import make_case
+
+# A shell starts a background job (`cmd &`, nohup) with Ctrl-C ignored, and Python then never raises
+# KeyboardInterrupt; the Ctrl-C tests (tests/test_parallel.py, tests/test_preprocess.py) need the
+# terminal's behaviour, here and in the stages they start, which get it back when they exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
