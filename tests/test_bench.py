@@ -151,3 +151,43 @@ def test_recipe_benchmark_trains_twice_and_compares_the_weights(tmp_path):
     assert [r["epochs"] for r in result["runs"]] == [2, 2]
     assert all(len(r["patches/s by epoch"]) == 2 and min(r["patches/s by epoch"]) > 0 for r in result["runs"])
     assert result["settings"]["train.iterations_per_epoch"] == 2 and result["settings"]["train.augment"] == "full"
+
+
+def test_hardness_benchmark_scores_every_case_of_each_seed(tmp_path):
+    """bench/hardness.py on a tiny synthetic set, two seeds: one figure set per seed over every case that
+    seed plans, and the test's verdict; a params file that is not there is one line."""
+    import yaml
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["synthesize"].update(patients=2, visits=2, grid=[40, 48, 40], spacing_mm=4.0, workers=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "hardness.json"
+    done = subprocess.run([sys.executable, "bench/hardness.py", "--seeds", "5", "6", "--params",
+                           str(tmp_path / "params.yaml"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    from params import SynthesizeParams
+    from synthesize import plan
+    tiny = SynthesizeParams(patients=2, visits=2, grid=(40, 48, 40), spacing_mm=4.0, workers=1)
+    for seed in (5, 6):
+        figures = result["seeds"][str(seed)]
+        assert figures["cases"] == len(plan(tiny, seed))
+        assert 0 < figures["median"] <= figures["max"] <= 1
+        assert f"seed {seed}: {figures['cases']} cases" in done.stdout
+    missing = subprocess.run([sys.executable, "bench/hardness.py", "--params", str(tmp_path / "none.yaml")],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "none.yaml: not found" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_hardness_summary_by_hand():
+    """Median, maximum and share at 0.7 or more of hand-picked per-case figures, against the limits of
+    the synthetic set's hardness test (median < 0.55, share <= 0.25, maximum < 0.85)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("hardness", ROOT / "bench" / "hardness.py")
+    hardness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hardness)
+    held = hardness.summary([0.3, 0.4, 0.5, 0.75])
+    assert held == {"cases": 4, "median": 0.45, "max": 0.75, "share_at_0.7": 0.25, "test_limits_hold": True}
+    assert not hardness.summary([0.5, 0.7, 0.9])["test_limits_hold"]          # share 2/3, max 0.9
+    assert not hardness.summary([0.4, 0.5, 0.6, 0.6])["test_limits_hold"]     # median 0.55 is not below
+    assert not hardness.summary([0.1, 0.2, 0.3, 0.86])["test_limits_hold"]    # max 0.86
