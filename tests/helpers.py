@@ -5,6 +5,7 @@ Fixtures live in conftest.py and are built from these; tests import this module,
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from nifti import write_nifti
 from params import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_module(name: str):
+    """A script of bench/ as a module: the statistics and checks it shares with the tests."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 SMALL_GRID = (40, 48, 40)   # 4 mm voxels: a whole head in a few thousand voxels
 SMALL_SPACING = 4.0
 

@@ -182,10 +182,8 @@ def test_hardness_benchmark_scores_every_case_of_each_seed(tmp_path):
 def test_hardness_summary_by_hand():
     """Median, maximum and share at 0.7 or more of hand-picked per-case figures, against the limits of
     the synthetic set's hardness test (median < 0.55, share <= 0.25, maximum < 0.85)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("hardness", ROOT / "bench" / "hardness.py")
-    hardness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hardness)
+    from helpers import bench_module
+    hardness = bench_module("hardness")
     held = hardness.summary([0.3, 0.4, 0.5, 0.75])
     assert held == {"cases": 4, "median": 0.45, "max": 0.75, "share_at_0.7": 0.25, "test_limits_hold": True}
     assert not hardness.summary([0.5, 0.7, 0.9])["test_limits_hold"]          # share 2/3, max 0.9

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -16,15 +15,8 @@ from params import SynthesizeParams
 from prepare import zscore
 from scipy import ndimage
 
+from helpers import bench_module
 from synthesize import DEEP_GREY, anatomy, coordinates, make_case, mni_affine, plan, synthesize
-
-
-def bench_module(name: str):
-    """A script of bench/ as a module: the statistics and checks it shares with these tests."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 hardness = bench_module("hardness")
@@ -195,18 +187,13 @@ def test_tumours_and_contrast_resemble_real_gliomas(default_dataset):
     assert q3 - q1 > 0.5   # real: 1.06; one fixed signal per tissue gave 0.46
 
 
-def _sim2real():
-    """bench/sim2real.py's statistics, the ones the real cases were measured with."""
-    return bench_module("sim2real")
-
-
 def test_healthy_tissue_is_more_textured_than_oedema_as_in_real_scans(default_dataset):
     """Issue 23: in the 20 real cases at 2 mm, healthy tissue carries at least as much fine structure
     as oedema (median high-pass std, bench/results/sim2real.json: T1 0.28 vs 0.17, T1c 0.37 vs 0.26,
     T2 0.33 vs 0.22, FLAIR 0.32 vs 0.32). A generator whose oedema was the rougher tissue (T2 0.21 vs
     0.27, FLAIR 0.25 vs 0.34) taught a network that rough and bright is tumour, and it painted real
     cerebella and temporal lobes as oedema."""
-    s2r = _sim2real()
+    s2r = bench_module("sim2real")   # the statistics the real cases were measured with
     rough = {name: [] for name in MODALITIES}
     for images, labels, _ in default_dataset:
         head = (images != 0).any(axis=0)
@@ -228,7 +215,7 @@ def test_healthy_intensity_from_bottom_to_top_follows_real_scans(default_dataset
     The generator that brightened FLAIR toward the skull base (0.71 0.44 in the bottom two) and had a
     T1-bright cerebellum (0.11) taught a network that the real cerebellum, T1-darker with normal
     FLAIR, was tumour."""
-    s2r = _sim2real()
+    s2r = bench_module("sim2real")   # the statistics the real cases were measured with
     profiles = {name: [] for name in MODALITIES}
     for images, labels, _ in default_dataset:
         head = (images != 0).any(axis=0)
