@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from brats import MODALITIES, REGIONS  # noqa: E402
 from errors import run_stage  # noqa: E402
+from files import write_text  # noqa: E402
 from params import load_params  # noqa: E402
 from synthesize import make_case, plan  # noqa: E402
 
@@ -81,8 +82,7 @@ def main() -> None:
               f"share >= 0.7 {figures['share_at_0.7']:.2f}, test limits "
               f"{'hold' if figures['test_limits_hold'] else 'fail'}", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_text(args.out, json.dumps(result, indent=1) + "\n")   # whole or not at all
 
 
 if __name__ == "__main__":
