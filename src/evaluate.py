@@ -4,7 +4,8 @@ As the DVC stage (`python src/evaluate.py`): predict every test case with the tr
 ensemble of the `train.folds` folds: their probabilities averaged), apply
 the post-processing the postprocess stage chose (`models/postprocessing.json`), and write
 `metrics/evaluate.json` (per-region means of IoU, Dice, HD95, lesion-wise Dice and HD95 of the
-post-processed masks, and under `no_postprocessing` the IoU and lesion-wise scores without it, for
+post-processed masks, under `ci95` the 95 % interval over cases of the IoU, Dice and lesion-wise Dice
+means (src/stats.py), and under `no_postprocessing` the IoU and lesion-wise scores without it, for
 `dvc metrics show/diff`), `metrics/evaluate_cases.csv` (per case, with lesion counts; `dvc plots`),
 overlay PNGs of a few cases under `metrics/overlays/`, `MODEL_CARD.md`, and the test predictions in
 BraTS format under `paths.predictions_dir` (original grid and affine, post-processed: the masks
@@ -16,7 +17,8 @@ scores `<case>.nii.gz` predictions against the ground truth of GT_DIR, in any ed
 (`<case>/<case>-seg.nii.gz` or `<case>-seg.nii.gz` files of 2023/2024, `<case>/<case>_seg.nii.gz` of
 2017-2021, a Decathlon task's `labelsTr/`: src/editions.py; labels read in the 2024 meaning), with
 the metrics of src/metrics.py (`--labels`: the edition whose values the predictions hold), writes
-{"cases": {case: {region: {...}}}, "mean": {region: {...}}} and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
+{"cases": {case: {region: {...}}}, "mean": {region: {...}}, "ci95": {metric: {region: [low, high]}}}
+and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
 challenge); `--only-predicted` scores the ground-truth cases that have one and lists the others.
 """
 
@@ -43,10 +45,12 @@ from prepare import spacing_of
 import resample
 from predictor import Predictor, Settings
 from runtime import default_device
+from stats import intervals
 from weights import fold_weights, read
 
 KEYS = ("iou", "dice", "hd95", "lesionwise_dice", "lesionwise_hd95")
 RAW_KEYS = ("iou", "lesionwise_dice", "lesionwise_hd95")     # reported without post-processing too
+CI_KEYS = ("iou", "dice", "lesionwise_dice")                 # reported with their 95 % interval over cases
 OVERLAYS_DIR = "overlays"
 
 
@@ -55,6 +59,14 @@ def table(mean: dict) -> str:
     head = f"{'region':<6}" + "".join(f"{k:>17}" for k in KEYS) + f"{'tp':>6}{'fp':>6}{'fn':>6}"
     rows = [f"{r:<6}" + "".join(f"{mean[r][k]:>17.4f}" for k in KEYS) +
             "".join(f"{mean[r][k]:>6d}" for k in ("tp", "fp", "fn")) for r in mean]
+    return "\n".join([head, *rows])
+
+
+def interval_table(mean: dict, ci: dict) -> str:
+    """Per region: each CI_KEYS mean with its 95 % interval over cases."""
+    head = f"{'region':<6}" + "".join(f"{k + ' [95 % CI]':>32}" for k in CI_KEYS)
+    cell = lambda m, c: f"{m:.4f} [{c[0]:.4f}, {c[1]:.4f}]" if c else f"{m:.4f} [n/a]"
+    rows = [f"{r:<6}" + "".join(f"{cell(mean[r][k], ci[k][r]):>32}" for k in CI_KEYS) for r in mean]
     return "\n".join([head, *rows])
 
 
@@ -110,7 +122,8 @@ def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, o
             raise UserError(f"{case}: the prediction's affine differs from the ground truth's; write "
                             "predictions on the input's grid (src/predict.py does)")
         cases[case] = case_scores(pred, gt, spacing_of(gt_affine), label_map_quirk)
-    return {"cases": cases, "mean": mean_scores(list(cases.values())), "unscored": missing}
+    return {"cases": cases, "mean": mean_scores(list(cases.values())),
+            "ci95": intervals(list(cases.values()), CI_KEYS, REGIONS), "unscored": missing}
 
 
 # --- DVC stage ------------------------------------------------------------------------------------
@@ -171,6 +184,7 @@ def evaluate(params: Params) -> dict:
                 overlay(overlays / f"{case}.png", shown, gt, pred, case)
         mean, raw_mean = mean_scores(list(per_case.values())), mean_scores(list(raw_case.values()))
         metrics = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in KEYS}
+        metrics["ci95"] = intervals(list(per_case.values()), CI_KEYS, REGIONS)
         metrics["no_postprocessing"] = {key: {r: round(raw_mean[r][key], 4) for r in REGIONS} for key in RAW_KEYS}
         metrics["cases"] = len(cases)
         columns = [*KEYS, "tp", "fp", "fn"]
@@ -180,6 +194,8 @@ def evaluate(params: Params) -> dict:
         model_card.write(paths.model_card, read(weights[0]), pp, metrics, params, len(weights))
     print("without post-processing:\n" + table(raw_mean))
     print("with post-processing (what predict writes):\n" + table(mean))
+    print(f"95 % intervals over the {len(cases)} test cases (bootstrap, src/stats.py):\n"
+          + interval_table(mean, metrics["ci95"]))
     return metrics
 
 
@@ -204,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         result = score_folders(args.pred, args.gt, args.leaderboard_hd95, args.only_predicted, args.labels)
         write_json(args.out, result)
         print(table(result["mean"]))
+        print(interval_table(result["mean"], result["ci95"]))
         if result["unscored"]:
             print(f"{len(result['unscored'])} ground-truth case(s) without a prediction were not scored "
                   f"(listed under \"unscored\" in {args.out})")

@@ -1,6 +1,6 @@
 """The training loop that the train and tune stages share: network, data and optimizer in, history out.
 
-`build` makes the parts of a run from params (network seeded by `base.seed`, Adam, the lr schedule,
+`build` makes the parts of a run from params (network seeded by `train.seed`, Adam, the lr schedule,
 the patch loader); `fit` runs epochs over them, validates every `train.val_every` epochs (and at the
 last), keeps the best state by validation mean IoU, and calls `on_epoch` after each epoch. Resuming,
 tracking and writing outputs belong to the train stage; the study belongs to the tune stage.
@@ -108,7 +108,7 @@ def make_loader(params: Params, rt: Runtime, cases: list[str]) -> tuple[PatchDat
     tp = params.train
     per_epoch = tp.iterations_per_epoch * tp.batch_size * rt.world
     dataset = PatchDataset(params.paths.preprocessed_dir, cases, tp.patch, per_epoch, tp.foreground_fraction,
-                           tp.augment, params.base.seed, tp.modality_dropout)
+                           tp.augment, tp.seed, tp.modality_dropout)
     # rank r takes batch slots r, r + world, …: disjoint samples, the same ones after a resume
     mine = [i for i in range(per_epoch) if (i // tp.batch_size) % rt.world == rt.rank]
     loader = DataLoader(Subset(dataset, mine), batch_size=tp.batch_size, shuffle=False, collate_fn=collate,
@@ -128,9 +128,9 @@ def batches(loader: DataLoader):
 
 
 def build(params: Params, rt: Runtime, train_cases: list[str]) -> Parts:
-    """Network (seeded by base.seed), Adam with the resolved lr/betas/decay, schedule, loader."""
+    """Network (seeded by train.seed), Adam with the resolved lr/betas/decay, schedule, loader."""
     tp = params.train
-    torch.manual_seed(params.base.seed)
+    torch.manual_seed(tp.seed)
     model = UNet3D(params.model)
     if tp.init_weights:
         start_from(model, params)

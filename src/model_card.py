@@ -11,14 +11,21 @@ from params import Params
 from postprocessing import RELATIVE, RULES, Postprocessing
 
 
+def _with_ci(metrics: dict, key: str, region: str) -> str:
+    """`0.803 (0.741–0.856)`: a mean with its 95 % interval over the test cases."""
+    ci = metrics.get("ci95", {}).get(key, {}).get(region)
+    return f"{metrics[key][region]:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+
 def _metrics_table(metrics: dict) -> list[str]:
     raw = metrics["no_postprocessing"]
-    lines = ["| region | IoU | Dice | HD95 (mm) | lesion-wise Dice | lesion-wise HD95 (mm) | "
-             "IoU, no post-proc. | lesion-wise Dice, no post-proc. |",
+    lines = ["| region | IoU (95 % CI) | Dice (95 % CI) | HD95 (mm) | lesion-wise Dice (95 % CI) | "
+             "lesion-wise HD95 (mm) | IoU, no post-proc. | lesion-wise Dice, no post-proc. |",
              "|---|---|---|---|---|---|---|---|"]
     for r in REGIONS:
-        lines.append(f"| {r} | {metrics['iou'][r]:.3f} | {metrics['dice'][r]:.3f} | {metrics['hd95'][r]:.1f} | "
-                     f"{metrics['lesionwise_dice'][r]:.3f} | {metrics['lesionwise_hd95'][r]:.1f} | "
+        lines.append(f"| {r} | {_with_ci(metrics, 'iou', r)} | {_with_ci(metrics, 'dice', r)} | "
+                     f"{metrics['hd95'][r]:.1f} | {_with_ci(metrics, 'lesionwise_dice', r)} | "
+                     f"{metrics['lesionwise_hd95'][r]:.1f} | "
                      f"{raw['iou'][r]:.3f} | {raw['lesionwise_dice'][r]:.3f} |")
     return lines
 
@@ -85,6 +92,10 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params, fol
         "",
         "Voxel IoU, legacy Dice and HD95, and the BraTS 2024 lesion-wise Dice and HD95, with the",
         "post-processing applied (what `src/predict.py` writes) and, in the last two columns, without it.",
+        "In brackets, the 95 % interval of the mean over the test cases (percentile bootstrap,",
+        "`src/stats.py`). It covers the choice of cases, not the training draw: these weights are one draw",
+        f"(training seed `train.seed` {trained.get('train.seed', '?')}, data seed `base.seed` "
+        f"{trained.get('base.seed', trained.get('seed', '?'))}); `src/compare.py` compares replicas.",
         "",
         *_metrics_table(metrics),
         "",

@@ -124,6 +124,9 @@ class LossParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    # What training draws (initial weights, patch sampling, augmentation, modality dropout); base.seed
+    # draws the data (synthetic set, splits, folds) and the tune stage's trials.
+    seed: int = _num(0)
     epochs: int = _num(1, 100000)
     iterations_per_epoch: int = _num(1)
     batch_size: int = _num(1, 1024)
@@ -294,10 +297,10 @@ def resolve_tuned(params: Params) -> Params:
 
 
 def flat_params(params: Params) -> dict[str, Any]:
-    """What a training run logs and its weights carry: optimizer, seed, model and train params, with
-    dotted keys (`train.loss.dice`)."""
+    """What a training run logs and its weights carry: optimizer, data seed, model and train params
+    (the training seed is `train.seed`), with dotted keys (`train.loss.dice`)."""
     out: dict[str, Any] = {k: getattr(params, k) for k in OPTIMIZER_KEYS}
-    out["seed"] = params.base.seed
+    out["base.seed"] = params.base.seed
     for section in ("model", "train"):
         for key, value in dataclasses.asdict(getattr(params, section)).items():
             if isinstance(value, dict):

@@ -12,7 +12,8 @@ predictor.Predictor). Each rule's threshold is picked from `postprocess.candidat
 Writes `models/postprocessing.json` beside the fold weights (DVC output, pushed and pulled with them)
 with the score before and after, every candidate tried and the SHA-256 of every fold's weights (the
 ensemble the thresholds were chosen for), and `metrics/cv.json`: the cross-validation scores (IoU,
-Dice, lesion-wise Dice per region, with and without the post-processing, and per fold, under "cv").
+Dice, lesion-wise Dice per region, with their 95 % interval over the out-of-fold cases under `ci95`,
+with and without the post-processing, and per fold, under "cv").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import postprocessing
 from postprocessing import FILE, Postprocessing, save, select
 from predictor import Predictor, Settings
 from runtime import default_device
+from stats import intervals
 from weights import fold_weights
 
 CV_FILE = "cv.json"
@@ -58,12 +60,16 @@ def out_of_fold(params: Params) -> dict[int, dict[str, Case]]:
     return out
 
 
-def scores(cases: list[Case], pp: Postprocessing) -> dict[str, dict[str, float]]:
-    """Mean IoU, Dice and lesion-wise Dice per region of the cases, post-processed by `pp`."""
+def scores(cases: list[Case], pp: Postprocessing, with_ci: bool = False) -> dict[str, dict]:
+    """Mean IoU, Dice and lesion-wise Dice per region of the cases, post-processed by `pp` (and under
+    `ci95` their 95 % intervals over the cases)."""
     per_case = [case_scores(postprocessing.apply(pred, pp, spacing), gt, spacing, distances=False)
                 for pred, gt, spacing in cases]
     mean = mean_scores(per_case)
-    return {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in CV_KEYS}
+    out: dict[str, dict] = {key: {r: round(mean[r][key], 4) for r in REGIONS} for key in CV_KEYS}
+    if with_ci:
+        out["ci95"] = intervals(per_case, CV_KEYS, REGIONS)
+    return out
 
 
 def postprocess(params: Params) -> Postprocessing:
@@ -81,7 +87,7 @@ def postprocess(params: Params) -> Postprocessing:
     weights = [{"path": w.relative_to(paths.models_dir).as_posix(), "sha256": file_sha256(w)}
                for w in fold_weights(paths.models_dir, params.train.folds)]
     save(paths.models_dir / FILE, pp, record, weights)
-    cv = {**scores(cases, pp), "no_postprocessing": scores(cases, Postprocessing.none()),
+    cv = {**scores(cases, pp, with_ci=True), "no_postprocessing": scores(cases, Postprocessing.none()),
           "folds": len(folds), "cases": len(cases),
           "per_fold": {str(k): {"cases": len(v), **scores(list(v.values()), pp)} for k, v in folds.items()}}
     # under "cv", so that `dvc exp show` columns (cv.iou.WT) do not collide with evaluate.json's (iou.WT)
@@ -89,7 +95,7 @@ def postprocess(params: Params) -> Postprocessing:
     picked = ", ".join(f"{rule} {v:g}" for rule, v in pp.min_mm3.items() if v) or "none"
     print(f"post-processing (minimum mm³): {picked}; out-of-fold mean lesion-wise Dice "
           f"{record['before']:.4f} -> {record['after']:.4f} on {len(cases)} case(s) of {len(folds)} fold(s); "
-          f"WT IoU {cv['iou']['WT']:.4f}")
+          f"WT IoU {cv['iou']['WT']:.4f} (95 % interval {cv['ci95']['iou']['WT']})")
     return pp
 
 

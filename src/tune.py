@@ -211,8 +211,10 @@ def suggest(trial: optuna.Trial, params: Params) -> dict[str, float]:
 
 
 def trial_params(params: Params, values: dict[str, float]) -> Params:
-    """The train params of one trial: suggested optimizer values, tune.epochs, validation each epoch."""
-    train_section = dataclasses.replace(params.train, epochs=params.tune.epochs, val_every=1)
+    """The train params of one trial: suggested optimizer values, tune.epochs, validation each epoch,
+    and base.seed as the training seed: a study does not change with train.seed, which only train's
+    replicas vary (dvc.yaml's tune stage does not depend on it)."""
+    train_section = dataclasses.replace(params.train, epochs=params.tune.epochs, val_every=1, seed=params.base.seed)
     return dataclasses.replace(params, train=train_section, **values)
 
 

@@ -214,6 +214,28 @@ def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
         assert column in table, (column, table)
 
 
+def test_training_seed_reruns_training_only_and_experiments_compare_by_name(origin, s3, env, tmp_path):
+    """train.seed draws training, not data: synthesize, preprocess and tune stay cached; the replica is
+    a DVC experiment that src/compare.py reads by its name."""
+    repo = clone(origin, tmp_path / "seeds", env, s3)
+    sh(["dvc", "pull"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["seed"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)
+    assert set(changed) == {"train@0"}, changed
+    sh(["git", "checkout", "params.yaml"], repo, env)
+    ran = sh(["dvc", "exp", "run", "-S", "train.seed=7", "--name", "seed7"], repo, env).stdout
+    assert "Running stage 'train@0'" in ran and "Running stage 'evaluate'" in ran
+    for stage in ("synthesize", "preprocess", "tune"):
+        assert f"Running stage '{stage}'" not in ran, ran
+    done = sh([sys.executable, "src/compare.py", "-a", "HEAD", "-b", "seed7", "--out", str(tmp_path / "cmp")], repo, env)
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    splits = json.loads((repo / "data" / "preprocessed" / "splits.json").read_text())
+    assert result["cases"] == sorted(splits["test"]) and result["candidate"]["runs"] == ["seed7"]
+    assert "| iou | WT |" in done.stdout and result["primary"]["verdict"] in ("better", "worse", "within noise")
+
+
 def readme_exp_show() -> list[str]:
     import re
     import shlex

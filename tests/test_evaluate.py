@@ -135,7 +135,18 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
     assert written["no_postprocessing"]["iou"]["WT"] == written["iou"]["WT"]     # ET -> NETC keeps WT
     card = params.paths.model_card.read_text()
     assert "Not for diagnosis" in card and "ET 1e+09 mm³" in card and "Apache-2.0" in card
-    assert f"| WT | {written['iou']['WT']:.3f} |" in card and "t1n, t1c, t2w, t2f" in card
+    assert "t1n, t1c, t2w, t2f" in card
+    # every IoU, Dice and lesion-wise Dice mean comes with its 95 % interval over the test cases
+    assert set(written["ci95"]) == {"iou", "dice", "lesionwise_dice"}
+    for key, per_region in written["ci95"].items():
+        for region, (low, high) in per_region.items():
+            assert low - 1e-4 <= written[key][region] <= high + 1e-4, (key, region)
+    ci = written["ci95"]["iou"]["WT"]
+    assert f"| WT | {written['iou']['WT']:.3f} ({ci[0]:.3f}–{ci[1]:.3f}) |" in card
+    assert "training seed `train.seed` 2024" in card
+    before = (params.paths.metrics_dir / "evaluate.json").read_bytes()
+    evaluate.evaluate(params)                                    # a rerun writes the same bytes
+    assert (params.paths.metrics_dir / "evaluate.json").read_bytes() == before
     test_cases = json.loads((data / "data" / "preprocessed" / "splits.json").read_text())["test"]
     spacing = torch_load_spacing(fold_weights(params.paths.models_dir, [0])[0])
     assert spacing == ([5.0] * 3 if resampled else [4.0] * 3)

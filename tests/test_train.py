@@ -119,9 +119,14 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny_params, tmp_path):
     shutil.rmtree(out(a).models_dir)
     train.train(a)
     assert same_state(first, weights(a)["state_dict"])
-    b = tiny_params(base__seed=99, paths__models_dir=str(tmp_path / "other"))
+    b = tiny_params(train__seed=99, paths__models_dir=str(tmp_path / "other"))
     train.train(b)
     assert not same_state(first, weights(b)["state_dict"])
+    # base.seed draws the data, not training: on the same preprocessed cases, the same weights
+    c = tiny_params(base__seed=99, paths__models_dir=str(tmp_path / "data-seed"))
+    train.train(c)
+    assert same_state(first, weights(c)["state_dict"])
+    assert (weights(c)["params"]["train.seed"], weights(c)["params"]["base.seed"]) == (2024, 99)
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_params, tmp_path, monkeypatch):
