@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from errors import run_stage  # noqa: E402
 from params import apply_overrides, load_params  # noqa: E402
 from preprocess import fold_patients  # noqa: E402
+from report import summarise  # noqa: E402
 
 # The README's real-data recipe for 2 CPU cores (README, real data): 1 mm data trained at 2 mm,
 # starting from the synthetic set's weights (train.init_weights, set by --init).
@@ -159,8 +160,8 @@ def main() -> None:
         print(f"fold {k}: " + ", ".join(f"{stage} {m:.1f} min" for stage, m in fold_minutes[k].items()) + "; " +
               ", ".join(f"{r} Dice {np.mean([s[f'dice_{r}'] for s in scores.values()]):.3f}" for r in REGIONS))
 
-    mean = {key: round(float(np.mean([s[key] for s in per_case.values()])), 4)
-            for key in next(iter(per_case.values())) if key != "fold"}
+    summary = summarise({case: {k: v for k, v in s.items() if k != "fold"} for case, s in per_case.items()})
+    mean = summary["mean"]
     result = {"data": str(args.data), "cases": len(per_case), "editions": manifest["edition"],
               "folds": args.folds, "fold_patients": folds, "init": args.init,
               "overrides": {k: v for k, v in overrides.items() if k not in ("paths.raw_dir", "train.init_weights")},
@@ -168,14 +169,17 @@ def main() -> None:
                           **{str(k): {s: round(m, 2) for s, m in v.items()} for k, v in fold_minutes.items()}},
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                           "torch": __import__("torch").__version__},
-              "mean": mean, "per_case": per_case}
+              **summary, "per_case": per_case}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"{len(per_case)} unseen cases, on their original grid (post-processed):")
     for r in REGIONS:
         values = [s[f"dice_{r}"] for s in per_case.values()]
-        print(f"  {r}: Dice {mean[f'dice_{r}']:.3f} (min {min(values):.3f}), IoU {mean[f'iou_{r}']:.3f}, "
-              f"lesion-wise Dice {mean[f'lesionwise_dice_{r}']:.3f}")
+        ci = summary["ci95"][f"dice_{r}"] or ["n/a", "n/a"]
+        print(f"  {r}: Dice {mean[f'dice_{r}']:.3f} (95 % interval {ci[0]}–{ci[1]}, min {min(values):.3f}), "
+              f"IoU {mean[f'iou_{r}']:.3f}, lesion-wise Dice {mean[f'lesionwise_dice_{r}']:.3f}")
+    for site, figures in summary["institutions"].items():
+        print(f"  {site} ({figures['cases']} cases): " + ", ".join(f"{r} Dice {figures[f'dice_{r}']:.3f}" for r in REGIONS))
     print(f"wrote {args.out}")
 
 

@@ -45,6 +45,7 @@ from brats import MODALITIES  # noqa: E402
 from editions import find_cases  # noqa: E402
 from nifti import read_case  # noqa: E402
 from prepare import prepare, zscore  # noqa: E402
+from report import summarise as summarise_scores  # noqa: E402
 
 TARGETS = {"WT dice": 0.75, "TC dice": 0.65, "min case WT dice": 0.40}
 TISSUES = ("healthy", "SNFH", "ET", "NETC")
@@ -157,11 +158,11 @@ def score(data: Path, weights: Path, work: Path, params: Path) -> dict:
     scored = evaluate.score_folders(pred, data)
     per_case = {case: {f"{k}_{r}": round(float(s[r][k]), 4) for r in ("WT", "TC", "ET", "SNFH", "NETC")
                        for k in ("dice", "iou", "lesionwise_dice")} for case, s in scored["cases"].items()}
-    mean = {f"{k}_{r}": round(float(scored["mean"][r][k]), 4) for r in ("WT", "TC", "ET", "SNFH", "NETC")
-            for k in ("dice", "iou", "lesionwise_dice")}
+    summary = summarise_scores(per_case)    # means, 95 % intervals over cases, per-institution means
+    mean = summary["mean"]
     wt = [c["dice_WT"] for c in per_case.values()]
     reached = {"WT dice": mean["dice_WT"], "TC dice": mean["dice_TC"], "min case WT dice": min(wt)}
-    return {"per_case": per_case, "mean": mean, "predict_seconds": round(seconds, 1),
+    return {"per_case": per_case, **summary, "predict_seconds": round(seconds, 1),
             "targets": {k: {"target": TARGETS[k], "measured": round(v, 4), "met": v >= TARGETS[k]}
                         for k, v in reached.items()}}
 
@@ -233,6 +234,10 @@ def main() -> None:
         for name, t in result["score"]["targets"].items():
             print(f"{name}: {t['measured']:.3f} (target {t['target']}: {'met' if t['met'] else 'not met'})")
         print("mean: " + ", ".join(f"{k} {v:.3f}" for k, v in result["score"]["mean"].items() if k.startswith("dice")))
+        print("95 % intervals over cases: " + ", ".join(f"{k} {v}" for k, v in result["score"]["ci95"].items()
+                                                         if k.startswith("dice")))
+        for site, figures in result["score"]["institutions"].items():
+            print(f"  {site} ({figures['cases']} cases): WT Dice {figures['dice_WT']:.3f}, TC {figures['dice_TC']:.3f}")
 
 
 if __name__ == "__main__":

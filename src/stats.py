@@ -28,15 +28,16 @@ SEED = 20240                 # fixed: the same interval, to the bit, on every re
 Z = 1.959963984540054        # the normal quantile of a two-sided 95 % interval
 
 
-def mean_interval(values, level: float = LEVEL) -> tuple[float, float] | None:
-    """The bootstrap interval of the mean of `values` (one per case); None for fewer than 2 values."""
+def mean_interval(values, level: float = LEVEL, statistic=np.mean) -> tuple[float, float] | None:
+    """The bootstrap interval of the mean (or another `statistic` that takes `axis`) of `values`, one per
+    case; None for fewer than 2 values."""
     from scipy.stats import bootstrap
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return None
     if np.ptp(v) <= 1e-12 * max(1.0, float(np.abs(v).max())):   # every case the same (to rounding)
-        return float(v.mean()), float(v.mean())
-    res = bootstrap((v,), np.mean, n_resamples=RESAMPLES, confidence_level=level, method="percentile",
+        return float(statistic(v)), float(statistic(v))
+    res = bootstrap((v,), statistic, n_resamples=RESAMPLES, confidence_level=level, method="percentile",
                     vectorized=True, rng=np.random.default_rng(SEED))
     low, high = res.confidence_interval
     return float(low), float(high)

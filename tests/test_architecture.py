@@ -12,7 +12,7 @@ import yaml
 from helpers import ROOT
 
 SRC = ROOT / "src"
-STAGE_SCRIPTS = {"synthesize", "preprocess", "tune", "train", "postprocess", "evaluate", "predict"}
+STAGE_SCRIPTS = {"synthesize", "preprocess", "tune", "train", "postprocess", "evaluate", "predict", "compare"}
 
 
 def direct_imports(path: Path) -> set[str]:

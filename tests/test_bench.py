@@ -79,6 +79,8 @@ def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, ti
     for case, scores in result["per_case"].items():
         assert case.rsplit("-", 1)[0] in folds[scores["fold"]]       # scored by the model of its fold
     assert set(result["mean"]) >= {"dice_WT", "iou_TC", "lesionwise_dice_ET"}
+    low, high = result["ci95"]["dice_WT"]                           # with its interval over the cases
+    assert low <= result["mean"]["dice_WT"] <= high and result["institutions"]["all"]["cases"] == len(cases)
     assert result["overrides"]["preprocess.spacing_mm"] == 5.0 and set(result["minutes"]) == {"preprocess", "0", "1"}
     for fold in ("0", "1"):                                      # each fold's network started from those weights
         saved = torch.load(tmp_path / "work" / "folds" / fold / "models" / "folds" / "fold_0" / "model.pt", weights_only=True)
@@ -105,6 +107,8 @@ def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_p
     assert set(result["score"]["targets"]) == {"WT dice", "TC dice", "min case WT dice"}
     wt = [c["dice_WT"] for c in result["score"]["per_case"].values()]
     assert result["score"]["targets"]["min case WT dice"]["measured"] == pytest.approx(min(wt), abs=1e-4)
+    assert result["score"]["mean"]["dice_WT"] == pytest.approx(sum(wt) / len(wt), abs=1e-4)
+    assert set(result["score"]["ci95"]) == set(result["score"]["mean"]) and result["score"]["institutions"]
     # the same folder on both sides: the same statistics
     assert result["statistics"]["real"] == result["statistics"]["synthetic"]
     # a hand-checkable statistic: the WT volume of each case from its seg file
@@ -155,7 +159,7 @@ def test_recipe_benchmark_trains_twice_and_compares_the_weights(tmp_path):
 
 def test_hardness_benchmark_scores_every_case_of_each_seed(tmp_path):
     """bench/hardness.py on a tiny synthetic set, two seeds: one figure set per seed over every case that
-    seed plans, and the test's verdict; a params file that is not there is one line."""
+    seed plans, and the pooled verdict; a params file that is not there is one line."""
     import yaml
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["synthesize"].update(patients=2, visits=2, grid=[40, 48, 40], spacing_mm=4.0, workers=1)
@@ -173,19 +177,40 @@ def test_hardness_benchmark_scores_every_case_of_each_seed(tmp_path):
         assert figures["cases"] == len(plan(tiny, seed))
         assert 0 < figures["median"] <= figures["max"] <= 1
         assert f"seed {seed}: {figures['cases']} cases" in done.stdout
+    assert result["pooled"]["cases"] == sum(result["seeds"][s]["cases"] for s in ("5", "6"))
+    assert "pooled: " in done.stdout
     missing = subprocess.run([sys.executable, "bench/hardness.py", "--params", str(tmp_path / "none.yaml")],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "none.yaml: not found" in missing.stderr.strip().splitlines()[-1]
 
 
-def test_hardness_summary_by_hand():
-    """Median, maximum and share at 0.7 or more of hand-picked per-case figures, against the limits of
-    the synthetic set's hardness test (median < 0.55, share <= 0.25, maximum < 0.85)."""
+def test_hardness_summary_and_pooled_verdict_by_hand():
+    """Median, maximum and share at 0.7 or more of hand-picked per-case figures; the pooled verdict
+    against the real cases (median 0.53, share 0.40, maximum 0.86)."""
     from helpers import bench_module
     hardness = bench_module("hardness")
-    held = hardness.summary([0.3, 0.4, 0.5, 0.75])
-    assert held == {"cases": 4, "median": 0.45, "max": 0.75, "share_at_0.7": 0.25, "test_limits_hold": True}
-    assert not hardness.summary([0.5, 0.7, 0.9])["test_limits_hold"]          # share 2/3, max 0.9
-    assert not hardness.summary([0.4, 0.5, 0.6, 0.6])["test_limits_hold"]     # median 0.55 is not below
-    assert not hardness.summary([0.1, 0.2, 0.3, 0.86])["test_limits_hold"]    # max 0.86
+    assert hardness.summary([0.3, 0.4, 0.5, 0.75]) == {"cases": 4, "median": 0.45, "max": 0.75, "share_at_0.7": 0.25}
+    harder = hardness.pooled_verdict([0.3, 0.4, 0.5, 0.6] * 10)           # every case below the real median
+    assert harder["limits_hold"] and harder["share_at_0.7_ci95"] == [0.0, 0.0] and harder["p95"] == 0.6
+    easier = hardness.pooled_verdict([0.6, 0.72, 0.75, 0.8] * 10)         # median 0.735: wholly above 0.53
+    assert not easier["holds"]["median"] and easier["median_ci95"][0] > 0.53
+    assert not easier["holds"]["share_at_0.7"] and not easier["limits_hold"]   # share 0.75: above 0.40
+    assert hardness.pooled_verdict([0.6, 0.65, 0.7, 0.72] * 10)["holds"]["share_at_0.7"]   # 0.5: 40 cases cannot tell
+    peaks = hardness.pooled_verdict([0.3] * 18 + [0.9, 0.95])             # 95th percentile 0.9025 > 0.86
+    assert peaks["holds"]["median"] and not peaks["holds"]["p95_below_real_max"]
+
+def test_real_data_report_gives_intervals_and_institutions():
+    """bench/report.py on hand-picked per-case scores: the mean, its bootstrap interval, and the means per
+    institution read from BraTS 2018 names (ids without one form the group `all`)."""
+    from helpers import bench_module
+    report = bench_module("report")
+    per_case = {"Brats18_CBICA_AAB_1": {"dice_WT": 0.5}, "Brats18_CBICA_ABC_1": {"dice_WT": 0.7},
+                "Brats18_TCIA01_131_1": {"dice_WT": 0.9}, "Brats18_2013_2_1": {"dice_WT": 0.8},
+                "BraTS2021_00000": {"dice_WT": 0.6}}
+    out = report.summarise(per_case)
+    assert out["mean"] == {"dice_WT": 0.7}
+    low, high = out["ci95"]["dice_WT"]
+    assert 0.5 <= low < 0.7 < high <= 0.9
+    assert out["institutions"] == {"2013": {"cases": 1, "dice_WT": 0.8}, "CBICA": {"cases": 2, "dice_WT": 0.6},
+                                   "TCIA01": {"cases": 1, "dice_WT": 0.9}, "all": {"cases": 1, "dice_WT": 0.6}}

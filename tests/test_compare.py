@@ -156,19 +156,22 @@ def trained_scores(tiny_params, data: Path, name: str, **overrides) -> Path:
     return params.paths.metrics_dir / "evaluate_cases.csv"
 
 
-FULL = {"train__epochs": 12, "train__iterations_per_epoch": 4, "train__val_every": 3, "train__patch": [24, 24, 24],
-        "model__base_width": 8, "model__max_width": 32}
+# A tiny network on 4 mm cases, a few seconds of training: it learns some WT, and how much depends
+# heavily on the training seed (test WT IoU 0.16 with seed 1, 0.005 with seed 2): the noise that
+# replicas exist for.
+FULL = {"train__epochs": 12, "train__iterations_per_epoch": 4, "train__val_every": 3, "lr": 0.01}
 
 
 @pytest.mark.slow
-def test_another_training_seed_is_within_noise_and_one_epoch_is_worse(tiny_params, compare_data):
-    seed_a = trained_scores(tiny_params, compare_data, "seed1", train__seed=1, **FULL)
-    seed_b = trained_scores(tiny_params, compare_data, "seed2", train__seed=2, **FULL)
+def test_other_training_seeds_are_within_noise_and_one_epoch_is_worse(tiny_params, compare_data):
+    runs = {seed: trained_scores(tiny_params, compare_data, f"seed{seed}", train__seed=seed, **FULL)
+            for seed in (1, 2, 3, 4)}
     short = trained_scores(tiny_params, compare_data, "short", train__seed=1,
                            **{**FULL, "train__epochs": 1, "train__val_every": 1})
-    assert len(compare.load_run(str(seed_a))) == 6
-    same = compare.run([str(seed_a)], [str(seed_b)])["primary"]
-    print(same, compare.run([str(seed_a)], [str(short)])["primary"])
-    assert same["verdict"] == "within noise", same
-    worse = compare.run([str(seed_a)], [str(short)])["primary"]
+    assert len(compare.load_run(str(runs[1]))) == 6
+    # the same params, two training seeds a side: the seed spread is in the interval
+    same = compare.run([str(runs[1]), str(runs[2])], [str(runs[3]), str(runs[4])])["primary"]
+    assert same["verdict"] == "within noise" and None not in same["seed_sd"], same
+    # one epoch against the full run of the same seed: worse on every case, an interval below 0
+    worse = compare.run([str(runs[1])], [str(short)])["primary"]
     assert worse["verdict"] == "worse" and worse["ci95"][1] < 0, worse

@@ -207,11 +207,38 @@ def test_experiment_metrics_diff_and_show(origin, s3, env, tmp_path):
     show = sh(["dvc", "exp", "show", "--csv"], repo, env).stdout
     header = show.splitlines()[0]
     assert "lr" in header and "iou.WT" in header and "1e-05" in show
-    # the README's narrow table: the compared columns, within 120 columns on a wide terminal
+    # the README's narrow table: the params a user changes and test IoU per region, within 160 columns
     table = sh([*readme_exp_show(), "--no-pager"], repo, {**env, "COLUMNS": "400"}).stdout
-    assert max(len(line.rstrip()) for line in table.splitlines()) <= 120, table
-    for column in ("Experiment", "lr", "best_epoch", "iou.WT", "iou.ET", "lesionwise_dice.WT", "1e-05"):
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 160, table
+    for column in ("Experiment", "lr", "weight_decay", "beta1", "train.seed", "train.epochs", "iou.WT", "iou.ET",
+                   "iou.RC", "1e-05"):
         assert column in table, (column, table)
+
+
+def test_fresh_clone_compares_metrics_without_pulling_and_without_warnings(origin, env, tmp_path):
+    """No remote, no `dvc pull`: the metrics compared across revisions are in git."""
+    repo = tmp_path / "fresh"
+    sh(["git", "clone", "-q", str(origin), str(repo)], tmp_path, env)
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    metric_files = [m if isinstance(m, str) else next(iter(m)) for st in declared.values() for m in st.get("metrics", [])]
+    assert metric_files and not [m for m in metric_files if m.endswith((".yaml", ".yml"))], metric_files
+    for cmd in (["dvc", "metrics", "diff", "HEAD~1"], ["dvc", "metrics", "diff"], ["dvc", "metrics", "show"]):
+        done = sh(cmd, repo, env)
+        assert "failed to load" not in (done.stdout + done.stderr).lower() and "WARNING" not in done.stderr, done
+    changed = json.loads(sh(["dvc", "metrics", "diff", "HEAD~1", "--json"], repo, env).stdout)
+    assert "iou.WT" in changed["metrics/evaluate.json"] and "ci95.iou.WT" in changed["metrics/evaluate.json"]
+    shown = sh(["dvc", "exp", "show", "--json"], repo, env)
+    assert "failed to load" not in (shown.stdout + shown.stderr).lower()
+    rows = json.loads(shown.stdout)
+    workspace_and_head = [rows[0]] + [r for r in rows[1:] if r.get("rev") not in (None, "workspace")][:1]
+    for row in workspace_and_head:
+        for exp in [row] + [e for e in row.get("experiments") or []]:
+            for revision in exp.get("revs", [exp]):
+                data = revision.get("data") or {}
+                assert not revision.get("error") and not data.get("error"), revision
+                for path, content in (data.get("metrics") or {}).items():
+                    assert "error" not in content, (path, content)
+                    assert not path.startswith("dvclive"), path
 
 
 def test_training_seed_reruns_training_only_and_experiments_compare_by_name(origin, s3, env, tmp_path):
