@@ -214,3 +214,20 @@ def test_real_data_report_gives_intervals_and_institutions():
     assert 0.5 <= low < 0.7 < high <= 0.9
     assert out["institutions"] == {"2013": {"cases": 1, "dice_WT": 0.8}, "CBICA": {"cases": 2, "dice_WT": 0.6},
                                    "TCIA01": {"cases": 1, "dice_WT": 0.9}, "all": {"cases": 1, "dice_WT": 0.6}}
+
+
+def test_real_data_report_pools_runs_of_several_seeds(tmp_path):
+    from helpers import bench_module
+    report = bench_module("report")
+    a = {"Brats18_CBICA_AAB_1": {"dice_WT": 0.5, "fold": 0}, "Brats18_TCIA01_131_1": {"dice_WT": 0.9, "fold": 1}}
+    b = {"Brats18_CBICA_AAB_1": {"dice_WT": 0.7, "fold": 0}, "Brats18_TCIA01_131_1": {"dice_WT": 0.9, "fold": 1}}
+    for name, per_case in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"per_case": per_case}))
+    out = report.pool({n: report.per_case_of(tmp_path / f"{n}.json") for n in ("a", "b")})
+    assert out["per_run"] == {"a": {"dice_WT": 0.7}, "b": {"dice_WT": 0.8}}
+    assert out["seed_mean"]["dice_WT"] == 0.75 and out["seed_sd"]["dice_WT"] == pytest.approx(0.0707, abs=1e-4)
+    assert out["pooled"]["institutions"]["CBICA"] == {"cases": 1, "dice_WT": 0.6}
+    (tmp_path / "c.json").write_text(json.dumps({"per_case": {"Brats18_2013_2_1": {"dice_WT": 0.5}}}))
+    done = subprocess.run([sys.executable, "bench/report.py", str(tmp_path / "a.json"), str(tmp_path / "c.json")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "scored different cases" in done.stderr and "Traceback" not in done.stderr
