@@ -17,7 +17,7 @@ scores `<case>.nii.gz` predictions against the ground truth of GT_DIR, in any ed
 (`<case>/<case>-seg.nii.gz` or `<case>-seg.nii.gz` files of 2023/2024, `<case>/<case>_seg.nii.gz` of
 2017-2021, a Decathlon task's `labelsTr/`: src/editions.py; labels read in the 2024 meaning), with
 the metrics of src/metrics.py (`--labels`: the edition whose values the predictions hold), writes
-{"cases": {case: {region: {...}}}, "mean": {region: {...}}, "ci95": {metric: {region: [low, high]}}}
+{"cases": {case: {region: {...}}}, "mean": {region: {...}}, "ci95": {metric: {region: {"low": l, "high": h}}}}
 and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
 challenge); `--only-predicted` scores the ground-truth cases that have one and lists the others.
 """
@@ -65,7 +65,7 @@ def table(mean: dict) -> str:
 def interval_table(mean: dict, ci: dict) -> str:
     """Per region: each CI_KEYS mean with its 95 % interval over cases."""
     head = f"{'region':<6}" + "".join(f"{k + ' [95 % CI]':>32}" for k in CI_KEYS)
-    cell = lambda m, c: f"{m:.4f} [{c[0]:.4f}, {c[1]:.4f}]" if c else f"{m:.4f} [n/a]"
+    cell = lambda m, c: f"{m:.4f} [{c['low']:.4f}, {c['high']:.4f}]" if c["low"] is not None else f"{m:.4f} [n/a]"
     rows = [f"{r:<6}" + "".join(f"{cell(mean[r][k], ci[k][r]):>32}" for k in CI_KEYS) for r in mean]
     return "\n".join([head, *rows])
 

@@ -13,8 +13,8 @@ from postprocessing import RELATIVE, RULES, Postprocessing
 
 def _with_ci(metrics: dict, key: str, region: str) -> str:
     """`0.803 (0.741–0.856)`: a mean with its 95 % interval over the test cases."""
-    ci = metrics.get("ci95", {}).get(key, {}).get(region)
-    return f"{metrics[key][region]:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+    ci = metrics.get("ci95", {}).get(key, {}).get(region) or {}
+    return f"{metrics[key][region]:.3f}" + (f" ({ci['low']:.3f}–{ci['high']:.3f})" if ci.get("low") is not None else "")
 
 
 def _metrics_table(metrics: dict) -> list[str]:

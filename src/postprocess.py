@@ -95,7 +95,7 @@ def postprocess(params: Params) -> Postprocessing:
     picked = ", ".join(f"{rule} {v:g}" for rule, v in pp.min_mm3.items() if v) or "none"
     print(f"post-processing (minimum mm³): {picked}; out-of-fold mean lesion-wise Dice "
           f"{record['before']:.4f} -> {record['after']:.4f} on {len(cases)} case(s) of {len(folds)} fold(s); "
-          f"WT IoU {cv['iou']['WT']:.4f} (95 % interval {cv['ci95']['iou']['WT']})")
+          f"WT IoU {cv['iou']['WT']:.4f} (95 % interval {cv['ci95']['iou']['WT']['low']}–{cv['ci95']['iou']['WT']['high']})")
     return pp
 
 

@@ -44,14 +44,16 @@ def mean_interval(values, level: float = LEVEL, statistic=np.mean) -> tuple[floa
 
 
 def intervals(per_case: list[dict], keys: tuple[str, ...], regions: tuple[str, ...],
-              digits: int = 4) -> dict[str, dict[str, list[float] | None]]:
-    """{key: {region: [low, high]}} of per-case scores ({region: {key: value}}), rounded."""
-    out: dict[str, dict[str, list[float] | None]] = {}
+              digits: int = 4) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{key: {region: {"low": l, "high": h}}} of per-case scores ({region: {key: value}}), rounded: two
+    numbers, so that `dvc metrics diff` shows how each bound moved (None for fewer than 2 cases)."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
     for key in keys:
         out[key] = {}
         for region in regions:
             ci = mean_interval([case[region][key] for case in per_case])
-            out[key][region] = None if ci is None else [round(ci[0], digits), round(ci[1], digits)]
+            out[key][region] = {"low": None if ci is None else round(ci[0], digits),
+                                "high": None if ci is None else round(ci[1], digits)}
     return out
 
 

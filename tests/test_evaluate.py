@@ -139,10 +139,11 @@ def test_evaluate_stage(tiny_params, tiny_data, tmp_path, request, resampled):
     # every IoU, Dice and lesion-wise Dice mean comes with its 95 % interval over the test cases
     assert set(written["ci95"]) == {"iou", "dice", "lesionwise_dice"}
     for key, per_region in written["ci95"].items():
-        for region, (low, high) in per_region.items():
+        for region, ci in per_region.items():
+            low, high = ci["low"], ci["high"]
             assert low - 1e-4 <= written[key][region] <= high + 1e-4, (key, region)
     ci = written["ci95"]["iou"]["WT"]
-    assert f"| WT | {written['iou']['WT']:.3f} ({ci[0]:.3f}–{ci[1]:.3f}) |" in card
+    assert f"| WT | {written['iou']['WT']:.3f} ({ci['low']:.3f}–{ci['high']:.3f}) |" in card
     assert "training seed `train.seed` 2024" in card
     before = (params.paths.metrics_dir / "evaluate.json").read_bytes()
     evaluate.evaluate(params)                                    # a rerun writes the same bytes

@@ -95,7 +95,8 @@ def test_postprocessing_is_chosen_on_every_out_of_fold_case(folded):
             wt.append(case_scores(labels, native_labels(params.paths.preprocessed_dir, case, entry), spacing)["WT"]["iou"])
     assert cv["iou"]["WT"] == pytest.approx(np.mean(wt), abs=1e-4)
     from stats import mean_interval           # and its interval is the bootstrap over those same cases
-    assert cv["ci95"]["iou"]["WT"] == pytest.approx(list(mean_interval(wt)), abs=1e-4)
+    ci = cv["ci95"]["iou"]["WT"]
+    assert [ci["low"], ci["high"]] == pytest.approx(list(mean_interval(wt)), abs=1e-4)
 
 
 def test_ensemble_averages_the_folds_and_predict_matches_evaluate(folded, tmp_path):
