@@ -40,6 +40,7 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))   # report.py, when this file is loaded as a module
 
 from brats import MODALITIES  # noqa: E402
 from editions import find_cases  # noqa: E402
