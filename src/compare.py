@@ -26,7 +26,6 @@ import io
 import json
 import math
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,9 @@ import numpy as np
 from brats import REGIONS
 from errors import UserError, run_stage
 from files import atomic_write, write_json
+from params import ROOT
 from stats import LEVEL, RESAMPLES, Difference, paired
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES_CSV = "metrics/evaluate_cases.csv"     # the evaluate stage's per-case scores (paths.metrics_dir)
 METRICS = ("iou", "dice", "lesionwise_dice")
 LOWER_IS_BETTER = ("hd95", "lesionwise_hd95")
@@ -168,11 +167,12 @@ def compare(baseline: dict[str, Scores], candidate: dict[str, Scores], metrics: 
 
 
 def row_fields(d: Difference) -> dict:
-    fields = asdict(d)
-    fields["ci95"], fields["ci95_cases"] = d.judged_on, d.ci
-    del fields["ci"], fields["total_ci"]
-    fields["resolution"] = None if d.judged_on is None else (d.judged_on[1] - d.judged_on[0]) / 2
-    return fields
+    """One row of comparison.json: `ci95` is the interval the verdict rests on (seed spread included when
+    both sides have replicas), `ci95_cases` the bootstrap over cases alone; `resolution` its half-width."""
+    judged = d.judged_on
+    return {"baseline": d.baseline, "candidate": d.candidate, "change": d.change, "ci95": judged,
+            "ci95_cases": d.ci, "seed_sd": d.seed_sd, "verdict": d.verdict,
+            "resolution": None if judged is None else (judged[1] - judged[0]) / 2}
 
 
 # --- reporting ------------------------------------------------------------------------------------
