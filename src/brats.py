@@ -92,9 +92,11 @@ def labels_to_regions(labels: Array, regions: tuple[str, ...] = MODEL_REGIONS) -
     return torch.stack(masks)
 
 
-def regions_to_labels(masks: np.ndarray) -> np.ndarray:
-    """(R, …spatial) boolean masks in MODEL_REGIONS order -> uint8 label map (see PAINT)."""
+def regions_to_labels(masks: np.ndarray, paint: tuple[tuple[str, int], ...] = PAINT) -> np.ndarray:
+    """(R, …spatial) boolean masks in MODEL_REGIONS order -> uint8 label map (see PAINT; `paint`
+    without RC for an edition that has no label for it, so that a voxel both WT and RC fire on
+    stays tumour)."""
     labels = np.zeros(masks.shape[1:], np.uint8)
-    for region, value in PAINT:
+    for region, value in paint:
         labels[masks[MODEL_REGIONS.index(region)]] = value
     return labels

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats import CASE_PATTERN, LABELS, MODALITIES, SEG, patient_of
+from brats import CASE_PATTERN, LABELS, MODALITIES, PAINT, SEG, patient_of
 from errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -45,6 +45,12 @@ class Edition:
             table[value] = meaning
         return table[labels]
 
+    @property
+    def paint(self) -> tuple[tuple[str, int], ...]:
+        """The order regions are painted in for this edition's labels: brats.PAINT, without the
+        regions of 2024 labels it has no value for (RC before 2024)."""
+        return tuple((region, value) for region, value in PAINT if value in self.labels.values())
+
     def from_2024(self, labels: np.ndarray) -> np.ndarray:
         """uint8 labels of the 2024 meaning -> this edition's values; a 2024 label it has no value
         for (RC before 2024) becomes background."""
@@ -64,7 +70,11 @@ EDITIONS: dict[str, Edition] = {e.key: e for e in (
 AUTO = "auto"
 CHOICES = (AUTO, *EDITIONS)                 # what preprocess.edition accepts
 FIRST_2024_VISIT = 100                      # 2024 visits are 100-109; 2023 cases end in -000 or -001
-MSD_CASE = re.compile(r"^(?P<case>[A-Za-z]+_\d+)\.nii(\.gz)?$")   # BRATS_001.nii.gz
+MSD_CASE = re.compile(r"^(?P<case>[A-Za-z]+_\d+)\.nii(\.gz)?$", re.I)   # BRATS_001.nii.gz
+# The case ids of 2017-2021 (BraTS2021_00000, BraTS20_Training_001, Brats18_CBICA_AAB_1, BraTS19_2013_10_1).
+# A folder so named is a case even when its files cannot be found: it is read or it fails, never dropped.
+LEGACY_CASE = re.compile(r"^(BraTS2021_\d{5}|BraTS20_(Training|Validation)_\d{3}|BraTS1[789]_[A-Z0-9]+_[A-Z0-9]+_\d+)$",
+                         re.I)
 
 
 @dataclass(frozen=True)
@@ -87,15 +97,23 @@ class Case:
 class Listing:
     """Every entry of an input folder: its cases, and why each other entry is not one."""
     cases: list[Case]
-    misnamed: dict[str, str]   # folders named like a 2024 case that do not follow its id pattern
+    misnamed: dict[str, str]   # folders that look like cases but are not named as one (why, what to do)
     ignored: dict[str, str]    # anything else (files, other folders)
 
 
 def _file(folder: Path, stem: str) -> Path:
-    """`<stem>.nii.gz`, or `<stem>.nii` where only that exists."""
+    """`<stem>.nii.gz`, or `<stem>.nii` where only that exists; a name differing only in upper and
+    lower case (`_FLAIR.nii.gz`, `.NII.GZ`: exports from other systems) is the same file."""
     gz = folder / f"{stem}.nii.gz"
     plain = folder / f"{stem}.nii"
-    return plain if not gz.exists() and plain.exists() else gz
+    if gz.exists() or plain.exists():
+        return plain if not gz.exists() else gz
+    if folder.is_dir():
+        wanted = {gz.name.lower(), plain.name.lower()}
+        for entry in sorted(folder.iterdir()):
+            if entry.name.lower() in wanted:
+                return entry
+    return gz
 
 
 def _brats_case(folder: Path, edition: Edition) -> Case:
@@ -120,6 +138,10 @@ def _msd_case(image: Path) -> Case:
 
 
 def _is_legacy_case(folder: Path) -> bool:
+    """Named with a 2017-2021 id (whatever it holds, even when it is a dangling link), or a folder
+    holding `<folder>_<suffix>` files of that layout."""
+    if LEGACY_CASE.match(folder.name):
+        return True
     return folder.is_dir() and any(_file(folder, f"{folder.name}_{s}").exists()
                                    for s in (*EDITIONS["2021"].suffixes, SEG))
 
@@ -134,8 +156,10 @@ def year_edition(name: str, forced: str = AUTO) -> Edition:
 
 
 def case_at(path: Path, edition: str = AUTO) -> Case | None:
-    """The case that `path` itself is (a case folder of any edition, or a Decathlon 4D image), or None."""
-    if path.is_dir() and CASE_PATTERN.match(path.name):
+    """The case that `path` itself is (a case folder of any edition, or a Decathlon 4D image), or None.
+    An entry named with a case id is a case even when it is not a readable folder (a dangling link,
+    an empty folder): reading it fails with the reason instead of the case going missing."""
+    if CASE_PATTERN.match(path.name):
         return _brats_case(path, year_edition(path.name, edition))
     if _is_legacy_case(path):
         return _legacy_case(path)
@@ -158,8 +182,14 @@ def find_cases(folder: Path, hint: str, edition: str = AUTO) -> Listing:
         raise UserError(f"{folder} is not a folder nor a case; {hint}")
     if (folder / "imagesTr").is_dir():                     # a Decathlon task folder
         listing = _scan(folder / "imagesTr", edition)
-        other = {e.name: "not read: the training cases are imagesTr/ with labelsTr/" for e in folder.iterdir()
-                 if e.name not in ("imagesTr", "labelsTr")}
+        others = [e for e in sorted(folder.iterdir()) if e.name not in ("imagesTr", "labelsTr")]
+        for entry in others:
+            beside = case_at(entry)
+            if beside is not None:
+                raise UserError(f"{folder} mixes editions: imagesTr/ holds {EDITIONS['msd'].title} cases but "
+                                f"{entry.name} beside it is {beside.edition.title} ({beside.edition.key}); "
+                                "keep one edition per folder")
+        other = {e.name: "not read: the training cases are imagesTr/ with labelsTr/" for e in others}
         listing = Listing(listing.cases, listing.misnamed, {**other, **listing.ignored})
     else:
         listing = _scan(folder, edition)
@@ -178,11 +208,23 @@ def _scan(folder: Path, edition: str) -> Listing:
         elif entry.is_dir() and entry.name.startswith("BraTS-"):
             misnamed[entry.name] = (f"{entry.name}: named like a case but not BraTS-GLI-PPPPP-VVV (5-digit "
                                     "patient, 3-digit visit); rename the folder and its files")
+        elif entry.is_dir() and _holds_nifti(entry):
+            misnamed[entry.name] = (f"{entry.name}: holds NIfTI files but is not a case of any edition: a case "
+                                    "folder and its files share the case id (BraTS-GLI-00000-100/BraTS-GLI-"
+                                    "00000-100-t1n.nii.gz, BraTS2021_00000/BraTS2021_00000_t1.nii.gz); "
+                                    "rename the folder or its files")
         elif entry.name.startswith("._"):
             ignored[entry.name] = "a macOS metadata file, not a scan"
         else:
             ignored[entry.name] = "not a case folder" if entry.is_dir() else "a file, not a case folder"
     return Listing(cases, misnamed, ignored)
+
+
+def _holds_nifti(folder: Path) -> bool:
+    try:
+        return any(e.name.lower().endswith(NIFTI_SUFFIXES) for e in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _checked(listing: Listing, folder: Path, edition: str) -> Listing:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brats import regions_to_labels
+from brats import PAINT, regions_to_labels
 from runtime import autocast_for, memory_format
 
 
@@ -126,6 +126,7 @@ def _forward(model: nn.Module, windows: torch.Tensor, mirror: bool, precision: s
     return total / len(flips)
 
 
-def probs_to_labels(probs: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
-    """(R, X, Y, Z) region probabilities -> uint8 label map, painted as brats.PAINT says."""
-    return regions_to_labels((probs > threshold).numpy())
+def probs_to_labels(probs: torch.Tensor, threshold: float = 0.5, paint: tuple[tuple[str, int], ...] = PAINT
+                    ) -> np.ndarray:
+    """(R, X, Y, Z) region probabilities -> uint8 label map, painted as `paint` (brats.PAINT) says."""
+    return regions_to_labels((probs > threshold).numpy(), paint)

@@ -49,7 +49,10 @@ def load_volume(case: str, path: Path, channels: int = 0) -> tuple[np.ndarray, n
     """Array and affine of one 3D file (or, with `channels`, one 4D file of that many volumes); any
     read failure becomes a CaseError naming the file."""
     if not path.exists():
-        raise CaseError(f"{case}: missing file {path.name} (expected in {path.parent})")
+        present = sorted(p.name for p in path.parent.iterdir() if p.name.lower().endswith((".nii", ".nii.gz"))) \
+            if path.parent.is_dir() else []
+        held = f"; it holds {', '.join(present[:4])}{' …' if len(present) > 4 else ''}" if present else ""
+        raise CaseError(f"{case}: missing file {path.name} (expected in {path.parent}{held})")
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
@@ -81,9 +84,29 @@ def _volumes(case: Case):
         yield (path.name, *load_volume(case.name, path))
 
 
+def _check_folder(case: Case) -> None:
+    """A case folder that is not one, or holds nothing, says so (rather than naming its first file)."""
+    folder = case.location
+    if folder.is_symlink() and not folder.exists():
+        raise CaseError(f"{case.name}: {folder} is a link to {folder.readlink()}, which does not exist; "
+                        "restore its target or remove the link")
+    if not folder.is_dir():
+        raise CaseError(f"{case.name}: {folder} is named like a case but is not a folder; a case is a folder "
+                        "holding its files (extract it, or move it out of the input folder)")
+    try:
+        empty = not any(folder.iterdir())
+    except OSError as e:
+        raise CaseError(f"{case.name}: cannot list {folder}: {e.strerror or e}") from None
+    if empty:
+        raise CaseError(f"{case.name}: the case folder {folder} is empty (an extraction that failed?); "
+                        "extract the case again or remove the folder")
+
+
 def read_case(case: Case, with_seg: bool) -> RawCase:
     """Load the four modalities (and the seg, mapped to the 2024 labels) of one case of any edition
     and check that they fit together."""
+    if not case.edition.channels:
+        _check_folder(case)
     images, affine, shape, ref = [], None, None, None
     for name, data, aff in _volumes(case):
         if shape is None:

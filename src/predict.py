@@ -18,7 +18,10 @@ The post-processing the postprocess stage chose is applied too: `postprocessing.
 folder (for a weights file: in the model folder it lies in), or `--postprocessing FILE`;
 `--no-postprocessing` writes the network's masks as they are.
 
-A case whose output exists is skipped (`--overwrite` redoes it), so an interrupted run continues.
+A case whose output an earlier run into the same folder wrote and recorded is skipped (`--overwrite`
+redoes it), so an interrupted run continues; an output it did not record (a run killed between the
+two) is redone, and an earlier run with other weights or settings (`--labels`, overlap, mirroring,
+precision, post-processing) is refused rather than mixed in.
 With `--compile` (the evaluate stage's `evaluate.compile`), the network is compiled at the first case.
 `--save-probabilities` also writes `<case>.probs.npz`: the network's per-region probabilities (before
 post-processing) on the input's grid as uint8 (probability = value / 255) with the region names and
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from editions import EDITIONS, Case, find_cases
+from editions import EDITIONS, Case, Edition, find_cases
 from errors import SetupError, UserError, run_stage
 from files import atomic_write, check_writable, file_sha256, read_json, write_json
 from geometry import restore
@@ -62,15 +65,18 @@ PROBS_SUFFIX = ".probs.npz"
 INPUT_HINT = "give --input a case (a case folder of any BraTS edition, a Decathlon image) or a folder of them"
 
 
-def predict_case(predictor: Predictor, case: Case, with_probs: bool = False
+def predict_case(predictor: Predictor, case: Case, with_probs: bool = False, labels_of: Edition = EDITIONS["2024"]
                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
-    """Label map (uint8, 2024 labels) and, when asked, region probabilities (R, ...) as uint8 on the
-    case's own grid; that grid's affine and shape. The case is resampled to the spacing the weights
-    were trained at, and the probabilities back to its own grid before thresholding."""
+    """Label map (uint8, 2024 labels, painted with the regions `labels_of` has labels for: without
+    RC before 2024, so that tumour under an RC output is not lost when RC becomes background) and,
+    when asked, region probabilities (R, ...) as uint8 on the case's own grid; that grid's affine and
+    shape. The case is resampled to the spacing the weights were trained at, and the probabilities
+    back to its own grid before thresholding."""
     raw = read_case(case, with_seg=False)
     prepared = prepare(raw, predictor.spec.spacing_mm)
     probs = predictor.probs(prepared.image, prepared.native_shape)
-    labels = postprocessing.apply(probs_to_labels(probs), predictor.pp, prepared.native_spacing)
+    labels = postprocessing.apply(probs_to_labels(probs, paint=labels_of.paint), predictor.pp,
+                                  prepared.native_spacing)
     shape = raw.images.shape[1:]
     on_grid = np.stack([restore(p, prepared.box, shape, raw.affine)
                         for p in (probs.numpy() * 255).round().astype(np.uint8)]) if with_probs else None
@@ -191,6 +197,39 @@ def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...],
     return postprocessing.load(path, regions), str(path)
 
 
+# What decides the masks: an earlier run's outputs are reused only where these are the same. Not the
+# window batch, compilation, device name or software versions (same masks), nor file paths.
+def _decides(record: dict) -> dict:
+    settings = {k: v for k, v in record.get("settings", {}).items()
+                if k not in ("batch", "compile", "device", "probabilities", "postprocessing")}
+    weights = record.get("weights", {})
+    return {"weights": sorted(f.get("sha256") for f in weights.get("files", [])),
+            "inference settings of the weights": weights.get("inference"), **settings,
+            "post-processing": record.get("settings", {}).get("postprocessing", {}).get("min_mm3")}
+
+
+def resumable(earlier: dict, now: dict, output: Path) -> dict:
+    """The cases an earlier run into `output` recorded, when it used the same weights and settings as
+    this one; otherwise a one-line error (its outputs would be mixed with different ones)."""
+    if not earlier:
+        return {}
+    then, current = _decides(earlier), _decides(now)
+    changed = [k for k in current if then.get(k) != current[k]]
+    if changed and earlier.get("cases"):
+        what = ", ".join(f"{k} {then.get(k)!r} (now {current[k]!r})" if k not in ("weights", "post-processing",
+                         "inference settings of the weights") else f"other {k}" for k in changed)
+        raise UserError(f"{output} holds predictions of an earlier run made with {what}; resuming would mix "
+                        "them with these: give --overwrite to redo every case, or choose another --output")
+    return earlier.get("cases", {})
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Temporary files a killed run left (files.atomic_write names them `.<name>.tmp<pid>`)."""
+    for stale in output.glob(".*.tmp[0-9]*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
@@ -208,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.output, "predict writes its outputs there: free space, fix permissions or choose "
                                 "another --output")
     record_path = args.output / RECORD_FILE
-    previous = read_json(record_path, "the record of an earlier run", "predict").get("cases", {}) \
-        if record_path.exists() else {}
+    remove_stale_temporaries(args.output)
+    earlier = read_json(record_path, "the record of an earlier run", "predict") if record_path.exists() else {}
     record = {"weights": {"files": [{"path": str(w), "sha256": file_sha256(w)} for w in weights],
                           "inference": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(spec).items()}},
@@ -217,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                            "probabilities": args.save_probabilities,
                            "postprocessing": {"file": pp_file, "min_mm3": pp.min_mm3}},
               "software": software(), "cases": {}, "failed": {}}
+    previous = {} if args.overwrite else resumable(earlier, record, args.output)
     failed = dict(listing.misnamed)
     for reason in failed.values():
         print(f"error: {reason}", file=sys.stderr)
@@ -224,14 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     for case in tqdm(cases, desc="predict", unit="case"):
         out = args.output / f"{case.name}.nii.gz"
         probs_out = args.output / f"{case.name}{PROBS_SUFFIX}"
-        if not args.overwrite and out.exists() and (probs_out.exists() or not args.save_probabilities):
-            skipped += 1
-            if case.name in previous:
-                record["cases"][case.name] = previous[case.name]
+        if case.name in previous and out.exists() and (probs_out.exists() or not args.save_probabilities):
+            skipped += 1                       # done by an earlier run with the same weights and settings
+            record["cases"][case.name] = previous[case.name]
             continue
         start = time.perf_counter()
         try:
-            labels, probs, affine, shape = predict_case(predictor, case, args.save_probabilities)
+            labels, probs, affine, shape = predict_case(predictor, case, args.save_probabilities, EDITIONS[args.labels])
         except UserError as e:
             if args.fail_fast or isinstance(e, SetupError):
                 raise

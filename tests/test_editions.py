@@ -4,6 +4,7 @@ voxel to the 2024 meaning; each edition's typical mistakes are one line naming t
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -209,7 +210,14 @@ def test_preprocess_names_the_params_key_when_the_edition_does_not_fit(tmp_path,
         find_cases(tmp_path, RAW_DIR_HINT)
 
 
-def test_predict_writes_each_editions_labels_and_the_scorer_reads_them(tmp_path):
+# Each edition's labels painted from the network's region masks, by hand: (region, value) from the
+# outside in; an edition without RC never paints it, so tumour under an RC output stays tumour.
+PAINTED = {"2024": (("WT", 2), ("TC", 1), ("ET", 3), ("RC", 4)), "2023": (("WT", 2), ("TC", 1), ("ET", 3)),
+           "2021": (("WT", 2), ("TC", 1), ("ET", 4)), "msd": (("WT", 1), ("TC", 2), ("ET", 3))}
+
+
+def tiny_weights(tmp_path):
+    """An untrained network saved as the train stage saves weights (patch 16, trained at 1 mm)."""
     import torch
 
     from model import UNet3D
@@ -221,25 +229,32 @@ def test_predict_writes_each_editions_labels_and_the_scorer_reads_them(tmp_path)
     weights = tmp_path / "model.pt"
     save(weights, weights_payload(UNet3D(config).state_dict(), config, current_spec((16, 16, 16), (1.0,) * 3),
                                   {}, epoch=1, val={}, origin=ORIGIN))
+    return weights
+
+
+def test_predict_paints_each_editions_labels_from_its_own_regions_and_the_scorer_reads_them(tmp_path):
+    weights = tiny_weights(tmp_path)
     folder, written = dataset(tmp_path, "2021")
-    base = ["--weights", str(weights), "--input", str(folder), "--no-mirror", "--no-compile", "--overlap", "0", "--batch", "1",
-            "--no-postprocessing"]
-    assert predict.main([*base, "--output", str(tmp_path / "p2024")]) == 0
-    assert predict.main([*base, "--output", str(tmp_path / "p2021"), "--labels", "2021"]) == 0
-    (tmp_path / "no_rc").mkdir()
-    seen = set()
+    base = ["--weights", str(weights), "--input", str(folder), "--no-mirror", "--no-compile", "--overlap", "0",
+            "--batch", "1", "--no-postprocessing", "--save-probabilities"]
+    for edition in PAINTED:
+        assert predict.main([*base, "--output", str(tmp_path / edition), "--labels", edition]) == 0
+    both = 0
     for case in written:
-        ours = np.asanyarray(nib.load(tmp_path / "p2024" / f"{case}.nii.gz").dataobj)
-        theirs = np.asanyarray(nib.load(tmp_path / "p2021" / f"{case}.nii.gz").dataobj)
-        assert ours.shape == SHAPE
-        seen |= set(np.unique(ours).tolist())
-        np.testing.assert_array_equal(theirs, np.array([0, 1, 2, 4, 0], np.uint8)[ours])
-        write_nifti(tmp_path / "no_rc" / f"{case}.nii.gz", np.where(ours == 4, 0, ours).astype(np.uint8), np.eye(4))
-    assert 3 in seen                                     # the untrained network paints ET, so 3 -> 4 is tried
+        probs = np.load(tmp_path / "2024" / f"{case}.probs.npz")["probabilities"]
+        fires = dict(zip(("WT", "TC", "ET", "RC"), probs > 127.5))
+        both += int((fires["WT"] & fires["RC"]).sum())
+        for edition, paint in PAINTED.items():
+            expected = np.zeros(SHAPE, np.uint8)
+            for region, value in paint:
+                expected[fires[region]] = value
+            got = np.asanyarray(nib.load(tmp_path / edition / f"{case}.nii.gz").dataobj)
+            assert got.shape == SHAPE and (got == expected).mean() > 0.999, (edition, case)
+    assert both > 0               # the untrained network fires WT and RC together somewhere: that case is tried
     # the scorer reads the 2021 ground truth in place; 2021-valued predictions read with --labels 2021
-    # score as the 2024 predictions without RC (2021 has no label for it)
-    a = evaluate.score_folders(tmp_path / "no_rc", folder)
-    b = evaluate.score_folders(tmp_path / "p2021", folder, pred_labels="2021")
+    # score as the same masks in 2023's values (2024's without RC)
+    a = evaluate.score_folders(tmp_path / "2023", folder)
+    b = evaluate.score_folders(tmp_path / "2021", folder, pred_labels="2021")
     assert a["cases"].keys() == set(written) and a == b
 
 
@@ -253,3 +268,90 @@ def test_scorer_reads_a_decathlon_task_in_place(tmp_path):
     scores = evaluate.score_folders(pred_dir, folder)
     assert set(scores["cases"]) == set(written)
     assert all(scores["mean"][r]["iou"] == 1.0 for r in ("WT", "TC", "ET", "NETC", "SNFH", "RC"))
+
+
+# --- every case is processed or named -------------------------------------------------------------
+
+def _uppercase_suffix(folder, name):
+    """An export that writes `_FLAIR.nii.gz`: read as the same file."""
+    (folder / name / f"{name}_flair.nii.gz").rename(folder / name / f"{name}_FLAIR.nii.gz")
+
+
+def _uppercase_extension(folder, name):
+    for f in sorted((folder / name).iterdir()):
+        f.rename(f.with_name(f.name.replace(".nii.gz", ".NII.GZ")))
+
+
+# variant -> (edition of the folder, make the broken entry in it, what the error says)
+BROKEN = {
+    "empty folder": ("2021", lambda folder: (folder / "BraTS2021_00009").mkdir(), "BraTS2021_00009.*is empty"),
+    "renamed without its files": ("2021", lambda folder: (folder / "BraTS2021_00000").rename(folder / "BraTS2021_00009"),
+                                  "BraTS2021_00009: missing file BraTS2021_00009_t1.nii.gz.*BraTS2021_00000_"),
+    "dangling link": ("2021", lambda folder: (folder / "BraTS2021_00009").symlink_to(folder.parent / "gone"),
+                      "BraTS2021_00009: .*a link to .*gone, which does not exist"),
+    "a file named as a case": ("2021", lambda folder: (folder / "BraTS20_Training_009").write_text("x"),
+                               "BraTS20_Training_009: .*named like a case but is not a folder"),
+    "nifti folder of no edition": ("2021", lambda folder: (folder / "BraTS2021_00000").rename(folder / "scan copy"),
+                                   "scan copy: holds NIfTI files but is not a case"),
+    "2024 dangling link": ("2024", lambda folder: (folder / "BraTS-GLI-00011-100").symlink_to(folder.parent / "gone"),
+                           "BraTS-GLI-00011-100: .*a link to .*gone, which does not exist"),
+    "2024 empty folder": ("2024", lambda folder: (folder / "BraTS-GLI-00011-100").mkdir(),
+                          "BraTS-GLI-00011-100.*is empty"),
+}
+
+
+def broken_folder(tmp_path, variant):
+    """Readable cases (in 2017-2021's layout two with upper-case file names) and one broken entry;
+    returns the folder, the readable case names, the broken entry's name and what its error says."""
+    edition, make, pattern = BROKEN[variant]
+    folder, written = dataset(tmp_path, edition)
+    extra, writer = {"2021": ("BraTS2021_00001", write_2021_layout),
+                     "2024": ("BraTS-GLI-00010-100", write_2024_layout)}[edition]
+    writer(folder, extra, modality_images(5), source_labels(edition, 5))
+    if edition == "2021":
+        _uppercase_suffix(folder, "Brats18_CBICA_AAB_1")
+        _uppercase_extension(folder, "BraTS20_Training_001")
+    before = {p.name for p in folder.iterdir()}
+    make(folder)
+    readable = sorted((set(written) | {extra}) & {p.name for p in folder.iterdir()})
+    broken = ({p.name for p in folder.iterdir()} - before).pop()
+    return folder, readable, broken, pattern
+
+
+@pytest.mark.parametrize("variant", list(BROKEN))
+def test_preprocess_reads_or_names_every_case_folder(tmp_path, params_for, variant):
+    folder, readable, broken, pattern = broken_folder(tmp_path, variant)
+    fail = params_for(paths__raw_dir=str(folder), preprocess__workers=1, preprocess__val_fraction=0.34,
+                      preprocess__test_fraction=0.34)
+    with pytest.raises(CaseError, match=pattern):
+        preprocess(fail)
+    assert not fail.paths.preprocessed_dir.exists()
+    skip = params_for(paths__raw_dir=str(folder), preprocess__workers=1, preprocess__val_fraction=0.34,
+                      preprocess__test_fraction=0.34, preprocess__on_error="skip")
+    report = preprocess(skip)
+    assert report["processed"] == len(readable) and set(report["skipped"]) == {broken}
+    assert re.search(pattern, report["skipped"][broken])
+    manifest = json.loads((skip.paths.preprocessed_dir / "manifest.json").read_text())
+    assert sorted(manifest["cases"]) == readable          # upper-case file names read, not dropped
+
+
+@pytest.mark.parametrize("variant", list(BROKEN))
+def test_predict_reads_or_names_every_case_folder(tmp_path, variant, capsys):
+    folder, readable, broken, pattern = broken_folder(tmp_path, variant)
+    out = tmp_path / "out"
+    args = ["--weights", str(tiny_weights(tmp_path)), "--input", str(folder), "--output", str(out), "--no-mirror",
+            "--no-compile", "--overlap", "0", "--batch", "1", "--no-postprocessing"]
+    assert predict.main(args) == 1
+    said = capsys.readouterr()
+    assert f"wrote {len(readable)} of {len(readable) + 1} predictions" in said.out
+    assert re.search(pattern, said.err) and broken in said.err.splitlines()[-1]
+    assert sorted(p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")) == readable
+    record = json.loads((out / "predictions.json").read_text())
+    assert set(record["failed"]) == {broken} and sorted(record["cases"]) == readable
+
+
+def test_a_decathlon_task_beside_case_folders_is_a_mix_of_editions(tmp_path):
+    folder, _ = dataset(tmp_path, "2021")
+    write_msd_layout(folder, "BRATS_001", modality_images(0), source_labels("msd", 0))
+    with pytest.raises(UserError, match=r"mixes editions: imagesTr/ .*Decathlon.* but BraTS2021_00000 .*2021"):
+        find_cases(folder, RAW_DIR_HINT)
