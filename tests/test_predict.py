@@ -248,6 +248,63 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, weights, small_cas
     assert run([*args, "--overwrite"]) == 0 and first.read_bytes() != b"kept"
 
 
+def test_an_output_the_record_does_not_hold_is_redone_and_temporaries_go(tmp_path, weights, small_case, capsys):
+    """A run killed after writing a case's mask but before recording it (or while rewriting the
+    record): the rerun redoes that case, records it, and removes what the killed run left."""
+    import json
+    images, _, affine = small_case
+    for name in ("BraTS-GLI-00001-100", "BraTS-GLI-00002-100"):
+        write_case(tmp_path / "in", name, images, None, affine)
+    out = tmp_path / "out"
+    args = ["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(out), "--no-mirror"]
+    assert run(args) == 0
+    record_file = out / "predictions.json"
+    record = json.loads(record_file.read_text())
+    del record["cases"]["BraTS-GLI-00002-100"]              # the record as it was before the last case
+    record_file.write_text(json.dumps(record))
+    (out / ".predictions.json.tmp4242").write_text("{half")    # the rewrite the kill interrupted
+    (out / ".BraTS-GLI-00002-100.nii.gz.tmp4242").write_bytes(b"half")
+    capsys.readouterr()
+    assert run(args) == 0
+    assert "wrote 1 of 2 predictions" in capsys.readouterr().out
+    assert set(json.loads(record_file.read_text())["cases"]) == {"BraTS-GLI-00001-100", "BraTS-GLI-00002-100"}
+    assert sorted(p.name for p in out.iterdir()) == ["BraTS-GLI-00001-100.nii.gz", "BraTS-GLI-00002-100.nii.gz",
+                                                     "predictions.json"]
+
+
+@pytest.mark.parametrize("change", [["--labels", "2021"], ["--mirror"], ["--overlap", "0.25"],
+                                    ["--postprocessing"], ["--weights"]])
+def test_resuming_with_other_weights_or_settings_is_refused(tmp_path, weights, small_case, change):
+    images, _, affine = small_case
+    for name in ("BraTS-GLI-00001-100", "BraTS-GLI-00002-100"):
+        write_case(tmp_path / "in", name, images, None, affine)
+    out = tmp_path / "out"
+    first = ["--weights", weights, "--input", str(tmp_path / "in" / "BraTS-GLI-00001-100"), "--output", str(out),
+             "--no-mirror", "--overlap", "0.5", "--no-postprocessing"]
+    assert run(first) == 0
+    written = (out / "BraTS-GLI-00001-100.nii.gz").read_bytes()
+    again = [a.replace("BraTS-GLI-00001-100", "") for a in first]           # now the whole folder
+    if change == ["--weights"]:
+        other = tmp_path / "other.pt"
+        other.write_bytes(open(weights, "rb").read())
+        torch.manual_seed(1)
+        config = ModelParams(base_width=4, max_width=8, depth=3, norm="instance", deep_supervision=False)
+        save(other, weights_payload(UNet3D(config).state_dict(), config, current_spec((48, 48, 48), (4.0,) * 3),
+                                    {}, epoch=1, val={}, origin=ORIGIN))
+        again[1] = str(other)
+    elif change == ["--postprocessing"]:
+        rules = tmp_path / "rules.json"
+        postprocessing.save(rules, Postprocessing({**Postprocessing.none().min_mm3, "ET": 1e9}), {})
+        again = [a for a in again if a != "--no-postprocessing"] + ["--postprocessing", str(rules)]
+    else:
+        again = [a for a in again if a not in ("--no-mirror",)] + change if change == ["--mirror"] else again + change
+    with pytest.raises(UserError, match=r"holds predictions of an earlier run made with .*--overwrite"):
+        run(again)
+    assert (out / "BraTS-GLI-00001-100.nii.gz").read_bytes() == written
+    assert not (out / "BraTS-GLI-00002-100.nii.gz").exists()
+    assert run([*again, "--overwrite"]) == 0 and (out / "BraTS-GLI-00002-100.nii.gz").exists()
+
+
 def test_unwritable_probabilities_are_one_line(tmp_path, weights, small_case):
     import subprocess
     import sys
