@@ -16,9 +16,11 @@ As a scorer:
 scores `<case>.nii.gz` predictions against the ground truth of GT_DIR, in any edition's layout
 (`<case>/<case>-seg.nii.gz` or `<case>-seg.nii.gz` files of 2023/2024, `<case>/<case>_seg.nii.gz` of
 2017-2021, a Decathlon task's `labelsTr/`: src/editions.py; labels read in the 2024 meaning), with
-the metrics of src/metrics.py (`--labels`: the edition whose values the predictions hold), writes
+the metrics of src/metrics.py (`--labels`: the edition whose values the predictions hold: 2024's,
+predict.py's default, or the ground truth's own edition, which its layout and case ids tell: flat
+`BraTS2021_00000-seg.nii.gz` files are 2017-2021's, where 4 is enhancing tumour), writes
 {"cases": {case: {region: {...}}}, "mean": {region: {...}}, "ci95": {metric: {region: {"low": l, "high": h}}}}
-and prints a table. Every ground-truth case needs a prediction (a missing one is an error, as in the
+and prints a table. Every ground-truth case needs its labels and a prediction (a missing one is an error, as in the
 challenge); `--only-predicted` scores the ground-truth cases that have one and lists the others.
 """
 
@@ -31,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from brats import MODALITIES, REGIONS
-from editions import EDITIONS, Edition, find_cases, year_edition
+from editions import EDITIONS, LEGACY_CASE, Edition, find_cases, year_edition
 from errors import UserError, run_stage
 from files import atomic_folder, write_csv, write_json
 from geometry import restore
@@ -72,16 +74,39 @@ def interval_table(mean: dict, ci: dict) -> str:
 
 # --- scorer ---------------------------------------------------------------------------------------
 
+FLAT_SEG = ("-seg.nii.gz", "_seg.nii.gz")
+
+
+def flat_edition(case: str) -> Edition:
+    """The edition of a flat `<case>-seg.nii.gz` ground truth, from its id: 2023 or 2024 by the visit,
+    2017-2021 for their ids (their ET is 4), otherwise 2024."""
+    return EDITIONS["2021"] if LEGACY_CASE.match(case) else year_edition(case)
+
+
 def ground_truths(gt_dir: Path) -> dict[str, tuple[Path, Edition]]:
-    """Label file and edition of each ground-truth case under `gt_dir`: `<case>-seg.nii.gz` files
-    directly in it, or cases of any edition (src/editions.py) that have their labels."""
-    flat = sorted(gt_dir.glob("*-seg.nii.gz"))
+    """Label file and edition of each ground-truth case under `gt_dir`: `<case>-seg.nii.gz` (or
+    `_seg`) files directly in it, or cases of any edition (src/editions.py), each of which must hold
+    its labels: a case without them is an error, never a case left out of the means."""
+    flat = sorted(p for p in gt_dir.iterdir() if p.name.endswith(FLAT_SEG)) if gt_dir.is_dir() else []
     if flat:
-        return {p.name.removesuffix("-seg.nii.gz"): (p, year_edition(p.name.removesuffix("-seg.nii.gz")))
-                for p in flat}
+        names = {p.name[:-len(FLAT_SEG[0])]: p for p in flat}
+        return {name: (path, flat_edition(name)) for name, path in names.items()}
     listing = find_cases(gt_dir, "give --gt a folder of ground-truth cases (any BraTS edition) or of "
                                  "<case>-seg.nii.gz files")
-    return {c.name: (c.seg, c.edition) for c in listing.cases if c.seg.exists()}
+    if listing.misnamed:
+        raise UserError(f"--gt: {next(iter(listing.misnamed.values()))}")
+    lacking = [c for c in listing.cases if not c.seg.is_file()]
+    if lacking:
+        raise UserError(f"{lacking[0].name}: its ground truth {lacking[0].seg} is missing ({len(lacking)} of "
+                        f"{len(listing.cases)} cases under {gt_dir} have none); every ground-truth case is "
+                        "scored: restore the file, or move the case out of --gt")
+    return {c.name: (c.seg, c.edition) for c in listing.cases}
+
+
+def compatible(pred_labels: str, gt_edition: str) -> bool:
+    """Predictions hold 2024's values (predict.py's default) or the ground truth's own; 2023's values
+    are 2024's without RC, so the two go together."""
+    return pred_labels in ("2024", gt_edition) or {pred_labels, gt_edition} <= {"2023", "2024"}
 
 
 def load_labels(path: Path, case: str, edition: Edition = EDITIONS["2024"]) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +127,14 @@ def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, o
     gt_cases = sorted(truths)
     if not gt_cases:
         raise UserError(f"no ground truth found under {gt_dir} (<case>-seg.nii.gz, <case>_seg.nii.gz or labelsTr/)")
+    editions = sorted({e.key for _, e in truths.values()})
+    clash = [e for e in editions if not compatible(pred_labels, e)]
+    if clash:
+        gt_edition = EDITIONS[clash[0]]
+        raise UserError(f"--labels {pred_labels} contradicts the ground truth under {gt_dir}, which is "
+                        f"{gt_edition.title} ({gt_edition.key}, from its layout and case ids): predictions "
+                        f"hold 2024's values (predict.py's default) or the ground truth's own; give --labels "
+                        f"2024 or --labels {gt_edition.key}")
     missing = [c for c in gt_cases if not (pred_dir / f"{c}.nii.gz").exists()]
     if missing and not only_predicted:
         raise UserError(f"{missing[0]}: prediction {pred_dir / (missing[0] + '.nii.gz')} is missing "
@@ -206,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
                                             "<case>-seg.nii.gz files, a Decathlon task folder)")
     ap.add_argument("--out", type=Path, help="scores JSON to write")
     ap.add_argument("--labels", choices=tuple(EDITIONS), default="2024",
-                    help="the edition whose label values the predictions hold (predict.py --labels); default 2024")
+                    help="the edition whose label values the predictions hold (predict.py --labels): 2024 (default) "
+                         "or the ground truth's own edition")
     ap.add_argument("--only-predicted", action="store_true",
                     help="score only the ground-truth cases that have a prediction (default: all must have one)")
     ap.add_argument("--leaderboard-hd95", action="store_true",

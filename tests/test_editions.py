@@ -355,3 +355,56 @@ def test_a_decathlon_task_beside_case_folders_is_a_mix_of_editions(tmp_path):
     write_msd_layout(folder, "BRATS_001", modality_images(0), source_labels("msd", 0))
     with pytest.raises(UserError, match=r"mixes editions: imagesTr/ .*Decathlon.* but BraTS2021_00000 .*2021"):
         find_cases(folder, RAW_DIR_HINT)
+
+
+# --- the scorer reads each edition's ground truth as that edition ---------------------------------
+
+def perfect_predictions(tmp_path, written, edition):
+    """Each case's ground truth as a prediction in 2024's values."""
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir(exist_ok=True)
+    for case, (_, labels) in written.items():
+        write_nifti(pred_dir / f"{case}.nii.gz", np.vectorize(TO_2024[edition].get)(labels).astype(np.uint8),
+                    np.eye(4))
+    return pred_dir
+
+
+def test_scorer_refuses_a_ground_truth_case_without_its_labels(tmp_path):
+    folder, written = dataset(tmp_path, "2021")
+    pred_dir = perfect_predictions(tmp_path, written, "2021")
+    (folder / "Brats18_CBICA_AAB_1" / "Brats18_CBICA_AAB_1_seg.nii.gz").unlink()
+    for only_predicted in (False, True):
+        with pytest.raises(UserError, match=r"Brats18_CBICA_AAB_1: its ground truth .*_seg.nii.gz is missing "
+                                            r"\(1 of 3 cases"):
+            evaluate.score_folders(pred_dir, folder, only_predicted=only_predicted)
+
+
+@pytest.mark.parametrize("suffix", ["-seg.nii.gz", "_seg.nii.gz"])
+def test_scorer_reads_flat_2017_2021_ground_truth_with_their_labels(tmp_path, suffix):
+    folder, written = dataset(tmp_path, "2021")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for case, (_, labels) in written.items():
+        write_nifti(flat / f"{case}{suffix}", labels, np.eye(4))          # 4 is enhancing tumour here
+    scores = evaluate.score_folders(perfect_predictions(tmp_path, written, "2021"), flat)
+    assert set(scores["cases"]) == set(written)
+    assert all(scores["mean"][r]["dice"] == 1.0 for r in ("WT", "TC", "ET", "NETC", "SNFH"))
+
+
+@pytest.mark.parametrize("gt, labels, fits", [("2024", "2021", False), ("2024", "msd", False), ("2021", "msd", False),
+                                              ("2021", "2023", False), ("msd", "2021", False), ("2024", "2023", True),
+                                              ("2023", "2024", True), ("2021", "2021", True), ("2021", "2024", True)])
+def test_scorer_labels_that_contradict_the_ground_truth_are_one_line(tmp_path, gt, labels, fits):
+    folder, written = dataset(tmp_path, gt)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for case, (_, source) in written.items():   # the ground truth in the values --labels announces
+        meaning = np.vectorize(TO_2024[gt].get)(source).astype(np.uint8)
+        write_nifti(pred_dir / f"{case}.nii.gz", EDITIONS[labels].from_2024(meaning), np.eye(4))
+    if fits:
+        scores = evaluate.score_folders(pred_dir, folder, pred_labels=labels)
+        assert scores["mean"]["WT"]["dice"] == 1.0
+    else:
+        with pytest.raises(UserError, match=f"--labels {labels} contradicts the ground truth .*give --labels 2024 "
+                                            f"or --labels {gt}"):
+            evaluate.score_folders(pred_dir, folder, pred_labels=labels)
