@@ -22,8 +22,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise with_path(e, path) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def with_path(e: OSError, path: Path) -> OSError:
+    """`e` naming `path` where it names no file: a write into an open file (a full disk) fails
+    without one, and the user needs to know which disk."""
+    if e.filename is not None:
+        return e
+    named = OSError(e.errno, e.strerror or str(e), str(path))
+    return named
 
 
 @contextmanager

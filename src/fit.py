@@ -36,7 +36,7 @@ from metrics import mean_scores, region_scores
 from model import UNet3D
 from params import ROOT, LossParams, Params, flat_params
 from runtime import Runtime, autocast_for, compile_errors, memory_format
-from weights import read
+from weights import folder_hint, load_state, read
 
 
 class TrainingDiverged(UserError):
@@ -153,6 +153,8 @@ def start_from(model: torch.nn.Module, params: Params) -> None:
     """Load `train.init_weights` (a weights file of the same network, e.g. trained on the synthetic
     set) into `model`: fine-tuning instead of a random start."""
     path = init_weights(params)
+    if path.is_dir():
+        raise UserError(f"train.init_weights: {path} is a folder, not a weights file: {folder_hint(path)}")
     if not path.is_file():
         raise UserError(f"train.init_weights: {path} not found; give a weights file of this project "
                         "(`dvc pull` it if it is DVC-tracked), or \"\" for a random start")
@@ -160,7 +162,7 @@ def start_from(model: torch.nn.Module, params: Params) -> None:
     if saved["model"] != dataclasses.asdict(params.model):
         raise UserError(f"train.init_weights: {path} holds a network of {saved['model']}, but model in params.yaml "
                         f"is {dataclasses.asdict(params.model)}; start from weights of the same network")
-    model.load_state_dict(saved["state_dict"])
+    load_state(model, saved["state_dict"], path, "train.init_weights")
 
 
 def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossParams,

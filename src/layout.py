@@ -33,7 +33,7 @@ import blosc2
 import numpy as np
 
 from errors import UserError
-from files import read_json
+from files import read_json, with_path
 
 CASES_DIR = "cases"
 IMAGE_FILE = "image.b2nd"
@@ -102,7 +102,10 @@ def save_array(path: Path, array: np.ndarray) -> None:
     blocks = (1,) * spatial + tuple(min(BLOCK, n) for n in array.shape[spatial:])
     stored = blosc2.asarray(array, chunks=chunks, blocks=blocks, cparams=_CPARAMS)
     stored.vlmeta["crc32"] = _checksum(array)
-    path.write_bytes(stored.to_cframe())
+    try:
+        path.write_bytes(stored.to_cframe())
+    except OSError as e:
+        raise with_path(e, path) from None
 
 
 def _damaged(path: Path, reason: str) -> UserError:

@@ -4,12 +4,15 @@ z-score inside the head."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 import resample
 from geometry import Box, crop, foreground_box, to_canonical
+from errors import SetupError
 from nifti import CaseError, RawCase
 
 
@@ -69,6 +72,7 @@ def prepare(raw: RawCase, spacing: tuple[float, float, float] | None = None,
     native_shape = head.shape
     shape = resample.target_shape(native_shape, native_spacing, spacing) if spacing else native_shape
     if shape != native_shape:
+        check_memory(raw.name, shape, native_spacing)
         images = resample.images(images, shape, interpolation)
         head = resample.mask(head, shape)
         images *= head                     # the spline rings outside the head: keep it exactly zero
@@ -81,6 +85,37 @@ def prepare(raw: RawCase, spacing: tuple[float, float, float] | None = None,
         raise CaseError(f"{raw.name}: an intensity lies over {np.finfo(INPUT_DTYPE).max:g} standard deviations "
                         "from its modality's mean inside the head; check the scan for corrupt voxels")
     return Prepared(stored, labels, native_labels, box, affine, stored_spacing, native_spacing)
+
+
+# Bytes per voxel of the resampled case at the peak of `prepare`: four float32 channels resampled,
+# their z-scores, the float16 copy, the head mask and the labels' region masks.
+PEAK_BYTES_PER_VOXEL = 48
+GIB = 2 ** 30
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give now (MemAvailable), or its total where that is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(case: str, shape: tuple[int, ...], native_spacing: tuple[float, ...]) -> None:
+    """Refuse, before allocating, a resampling that cannot fit in memory (a spacing of 0.1 mm on a
+    2 mm case is 20 GiB a channel), with the figure."""
+    voxels = int(np.prod(shape, dtype=np.int64))
+    need, have = voxels * PEAK_BYTES_PER_VOXEL, available_memory()
+    if need > have:
+        size = "×".join(str(n) for n in shape)
+        raise SetupError(f"{case}: resampling its {'×'.join(f'{v:g}' for v in native_spacing)} mm voxels to the "
+                         f"spacing asked makes {size} voxels, {voxels * 4 / GIB:.1f} GiB a channel and about "
+                         f"{need / GIB:.0f} GiB while it is prepared, more than the {have / GIB:.1f} GiB of memory "
+                         "available; choose a coarser preprocess.spacing_mm (the README's real-data recipe "
+                         "uses 2.0 on a CPU, 1.0 for BraTS' own grid)")
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:

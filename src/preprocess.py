@@ -153,6 +153,25 @@ def split_cases(manifest: dict[str, dict], p: PreprocessParams, seed: int, folds
     return splits
 
 
+SPACING_DECIMALS = 2      # voxel sizes equal to 0.01 mm are one spacing (headers round differently)
+
+
+def check_one_spacing(manifest: dict[str, dict], raw_dir: Path) -> None:
+    """Under `spacing_mm: keep` every case must have one voxel size: the network learns at one scale,
+    the weights record one, and predict resamples every input to it."""
+    groups: dict[tuple, list[str]] = {}
+    for case, entry in sorted(manifest.items()):
+        groups.setdefault(tuple(round(v, SPACING_DECIMALS) for v in entry["native_spacing_mm"]), []).append(case)
+    if len(groups) > 1:
+        (a, first), (b, second) = sorted(groups.items(), key=lambda g: -len(g[1]))[:2]
+        mm = lambda s: "×".join(f"{v:g}" for v in s) + " mm"  # noqa: E731
+        raise UserError(f"{raw_dir} mixes voxel sizes: {len(first)} case(s) at {mm(a)} (e.g. {first[0]}) and "
+                        f"{len(second)} at {mm(b)} (e.g. {', '.join(second[:3])})"
+                        f"{f' and {len(groups) - 2} other size(s)' if len(groups) > 2 else ''}, but "
+                        "preprocess.spacing_mm is keep: set it to one spacing (e.g. 1 or 2) to resample every "
+                        "case to it, or keep one voxel size per folder")
+
+
 def preprocess(params: Params) -> dict:
     """The whole stage, written beside `preprocessed_dir` and swapped in when complete; returns the report."""
     raw_dir, out_dir = params.paths.raw_dir, params.paths.preprocessed_dir
@@ -167,6 +186,8 @@ def preprocess(params: Params) -> dict:
             if not manifest:
                 reasons = "\n".join(f"  {reason}" for reason in skipped.values())
                 raise UserError(f"no case of {raw_dir} could be preprocessed:\n{reasons}")
+            if params.preprocess.target_spacing is None:
+                check_one_spacing(manifest, raw_dir)
             splits = split_cases(manifest, params.preprocess, params.base.seed, len(params.train.folds))
             # No absolute paths in outputs: their hashes must not depend on where the repository lives.
             target = params.preprocess.target_spacing

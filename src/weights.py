@@ -148,15 +148,21 @@ def save(path: Path, payload: dict) -> None:
 def read(path: Path) -> dict:
     """The checked contents of a weights file (tensors on the CPU)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a weights file: {folder_hint(path)}")
     if not path.exists():
         raise UserError(f"weights file {path} not found: run `dvc repro train`, or `dvc pull {path}` "
                         "to fetch trained weights from the remote")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated download, a file of another project
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UserError(f"weights file {path} cannot be loaded ({type(e).__name__}: {first}); "
-                        "fetch it again with `dvc pull` or retrain") from None
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            # torch suggests loading with weights_only=False, which runs any code the file holds: never
+            why = "it holds Python objects besides tensors and plain values, so it is not a weights file of this project"
+        else:
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        raise UserError(f"weights file {path} cannot be loaded ({why}); fetch it again with `dvc pull` or "
+                        "retrain") from None
     found = saved.get("format", "none") if isinstance(saved, dict) else "none"
     if found != WEIGHTS_FORMAT:
         raise UserError(f"weights file {path} is not of format {WEIGHTS_FORMAT} (found format {found}: "
@@ -167,6 +173,36 @@ def read(path: Path) -> dict:
         raise UserError(f"weights file {path} is of format {WEIGHTS_FORMAT} but lacks {', '.join(missing)} "
                         "(damaged or edited by hand?); fetch it again with `dvc pull` or retrain")
     return saved
+
+
+def folder_hint(folder: Path) -> str:
+    """What to give instead of a model folder where one weights file is needed."""
+    try:
+        found = weights_in(folder)
+    except UserError:
+        return f"give a weights file ({WEIGHTS_FILE}); {folder} holds none"
+    return f"give a weights file in it, e.g. {found[0]}"
+
+
+def load_state(model: torch.nn.Module, state_dict: dict, path: Path, key: str) -> None:
+    """`state_dict` into `model`, or one line naming the tensors that are missing, extra or of
+    another shape (weights of another network version)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    shaped = [f"{k} {tuple(state_dict[k].shape)} (this network: {tuple(own[k].shape)})" for k in own
+              if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    problems = [f"{what} {', '.join(names[:3])}{' …' if len(names) > 3 else ''} ({len(names)})"
+                for what, names in (("missing", missing), ("not in this network", extra), ("of another shape", shaped))
+                if names]
+    if not problems:
+        try:
+            model.load_state_dict(state_dict)
+            return
+        except Exception as e:      # a value that is not a tensor
+            problems = [f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"]
+    raise UserError(f"{key}: the tensors of {path} do not fit this network: {'; '.join(problems)}; give weights "
+                    "trained with the same model section of params.yaml and this version of the code")
 
 
 def load_model(path: Path, device: torch.device | str = "cpu",
@@ -182,10 +218,10 @@ def load_model(path: Path, device: torch.device | str = "cpu",
         spec = InferenceSpec(tuple(info["patch"]), tuple(info["regions"]), tuple(info["modalities"]),
                              tuple(info["spacing_mm"]), info["edition"])
         model = UNet3D(ModelParams(**saved["model"]))
-        model.load_state_dict(saved["state_dict"])
     except Exception as e:  # another model version, missing fields
         raise UserError(f"weights file {path} cannot be loaded ({type(e).__name__}: {e}); "
                         "fetch it again with `dvc pull` or retrain") from None
+    load_state(model, saved["state_dict"], path, "--weights")
     expected = current_spec(spec.patch, spec.spacing_mm)
     for field in ("regions", "modalities", "edition"):
         if getattr(spec, field) != getattr(expected, field):

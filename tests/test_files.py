@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from files import atomic_folder
@@ -42,3 +44,28 @@ def test_ctrl_c_ends_a_stage_with_one_line(capsys):
     assert stop.value.code == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted:") and "run the same command again" in err and "\n" not in err
+
+
+def _full_disk(*_args) -> None:
+    """A write that the disk refuses as a full one does: ENOSPC from the file object, naming no file."""
+    with open("/dev/full", "wb") as f:
+        f.write(b"\0" * 65536)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import layout
+    from errors import describe_os_error, run_stage
+    from files import atomic_write
+    target = tmp_path / "metrics" / "evaluate.json"
+    with pytest.raises(SystemExit):
+        run_stage(lambda: atomic_write(target, _full_disk))
+    line = capsys.readouterr().err.strip()
+    assert line == f"error: {target}: No space left on device (check free space, permissions and the path)"
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    monkeypatch.setattr(Path, "write_bytes", _full_disk)
+    with pytest.raises(OSError) as caught:
+        layout.save_array(tmp_path / "image.b2nd", np.zeros((4, 4, 4), np.float32))
+    assert describe_os_error(caught.value) == f"{tmp_path / 'image.b2nd'}: No space left on device"

@@ -20,7 +20,8 @@ from layout import NATIVE_LABEL_FILE, Stored, native_labels
 from metrics import dice
 from nifti import read_case
 from prepare import prepare
-from preprocess import preprocess_case
+from preprocess import preprocess, preprocess_case
+from errors import UserError
 
 
 def test_target_shape_and_spacing_by_hand():
@@ -199,3 +200,33 @@ def test_predict_writes_on_the_input_grid_for_any_spacing(tmp_path, weights_at, 
     prepared = prepare(raw, trained)
     assert prepared.resampled == (input_spacing != trained)
     assert np.allclose(prepared.spacing, trained, rtol=0.1)
+
+
+def test_mixed_voxel_sizes_under_keep_are_one_line_naming_the_cases(tmp_path, raw_dir, small_case, params_for):
+    images, labels, affine = small_case
+    finer = affine.copy()
+    finer[:3, :3] /= 2                                     # the same voxels, half the size: a 2 mm case
+    write_case(raw_dir, "BraTS-GLI-00004-100", images, labels, finer)
+    keep = params_for(paths__raw_dir=str(raw_dir), preprocess__spacing_mm="keep", preprocess__workers=1)
+    with pytest.raises(UserError, match=r"mixes voxel sizes: 4 case\(s\) at 4×4×4 mm \(e.g. BraTS-GLI-00001-100\) "
+                                        r"and 1 at 2×2×2 mm \(e.g. BraTS-GLI-00004-100\).*preprocess.spacing_mm is keep"):
+        preprocess(keep)
+    assert not keep.paths.preprocessed_dir.exists()
+    one = params_for(paths__raw_dir=str(raw_dir), preprocess__spacing_mm=4.0, preprocess__workers=1)
+    manifest = json.loads((one.paths.preprocessed_dir / "manifest.json").read_text()) if preprocess(one) else None
+    assert len(manifest["cases"]) == 5 and manifest["spacing_mm"] == [4.0, 4.0, 4.0]
+    assert manifest["cases"]["BraTS-GLI-00004-100"]["native_spacing_mm"] == [2.0, 2.0, 2.0]
+
+
+def test_a_spacing_too_fine_for_memory_is_refused_with_the_figure_before_allocating(tmp_path, raw_dir, params_for,
+                                                                                     monkeypatch):
+    import prepare as prepare_module
+    from errors import SetupError
+    monkeypatch.setattr(prepare_module, "available_memory", lambda: 8 * 2 ** 30)
+    params = params_for(paths__raw_dir=str(raw_dir), preprocess__spacing_mm=0.1, preprocess__workers=1,
+                        preprocess__on_error="skip")
+    with pytest.raises(SetupError, match=r"BraTS-GLI-00001-100: resampling its 4×4×4 mm voxels .* makes \d+×\d+×\d+ "
+                                         r"voxels, \d+\.\d GiB a channel and about \d+ GiB while it is prepared, more "
+                                         r"than the 8.0 GiB .*preprocess.spacing_mm"):
+        preprocess(params)                # not a bad case to skip: every case would fail the same way
+    assert not params.paths.preprocessed_dir.exists()

@@ -399,3 +399,57 @@ def test_init_weights_of_another_network_are_one_line(tiny_params, tmp_path):
                                 model__base_width=8, paths__models_dir=str(tmp_path / "m2")))
     with pytest.raises(fit.UserError, match=r"train.init_weights: .*none\.pt not found; "):
         train.train(tiny_params(train__init_weights=str(tmp_path / "none.pt"), paths__models_dir=str(tmp_path / "m3")))
+
+
+def _payload_with(params, change) -> dict:
+    """Weights of the params' own network (right format and header), with `change` applied to its tensors."""
+    import dataclasses
+
+    from test_predict import ORIGIN
+    from weights import current_spec, weights_payload
+    state = UNet3D(params.model).state_dict()
+    change(state)
+    return weights_payload(state, params.model, current_spec(params.train.patch, (4.0,) * 3), {}, epoch=1,
+                           val={}, origin=ORIGIN) | {"model": dataclasses.asdict(params.model)}
+
+
+def _drop_first(state):
+    del state[next(iter(state))]
+
+
+def _reshape_first(state):
+    name = next(iter(state))
+    state[name] = torch.zeros(3, *state[name].shape)
+
+
+@pytest.mark.parametrize("change, said", [(_drop_first, r"missing \S+ \(1\)"),
+                                          (_reshape_first, r"of another shape \S+ \(3, .*\(this network: ")])
+def test_init_weights_whose_tensors_do_not_fit_are_one_line(tiny_params, tmp_path, change, said):
+    import predict
+    from weights import save
+    params = tiny_params(paths__models_dir=str(tmp_path / "m"))
+    start = tmp_path / "start.pt"
+    save(start, _payload_with(params, change))
+    with pytest.raises(fit.UserError, match=rf"^train.init_weights: the tensors of .*start.pt do not fit this network: "
+                                            rf"{said}.*same model section"):
+        train.train(tiny_params(train__init_weights=str(start), paths__models_dir=str(tmp_path / "m")))
+    with pytest.raises(fit.UserError, match=rf"^--weights: the tensors of .*start.pt do not fit this network: {said}"):
+        predict.main(["--weights", str(start), "--input", str(tmp_path), "--output", str(tmp_path / "p"),
+                      "--no-compile", "--no-mirror", "--overlap", "0", "--batch", "1"])
+
+
+def test_init_weights_that_are_a_folder_or_not_plain_data_are_one_line(tiny_params, tmp_path):
+    from weights import save
+    params = tiny_params(paths__models_dir=str(tmp_path / "m"))
+    fold = tmp_path / "models" / "folds" / "fold_0"
+    fold.mkdir(parents=True)
+    save(fold / WEIGHTS_FILE, _payload_with(params, lambda state: None))
+    with pytest.raises(fit.UserError, match=r"^train.init_weights: .*models is a folder, not a weights file: give a "
+                                            r"weights file in it, e.g. .*models/folds/fold_0/model.pt$"):
+        train.train(tiny_params(train__init_weights=str(tmp_path / "models"), paths__models_dir=str(tmp_path / "m")))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": 3, "anything": fit.Path("x")}, pickled)          # an object, not plain data
+    with pytest.raises(fit.UserError) as caught:
+        train.train(tiny_params(train__init_weights=str(pickled), paths__models_dir=str(tmp_path / "m")))
+    assert "not a weights file of this project" in str(caught.value)
+    assert "weights_only" not in str(caught.value) and "trust" not in str(caught.value)
