@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from brats import MODALITIES, REGIONS
-from editions import EDITIONS, LEGACY_CASE, Edition, find_cases, year_edition
+from editions import EDITIONS, LEGACY_CASE, Edition, case_at, find_cases, year_edition
 from errors import UserError, run_stage
 from files import atomic_folder, write_csv, write_json
 from geometry import restore
@@ -89,6 +89,10 @@ def ground_truths(gt_dir: Path) -> dict[str, tuple[Path, Edition]]:
     its labels: a case without them is an error, never a case left out of the means."""
     flat = sorted(p for p in gt_dir.iterdir() if p.name.endswith(FLAT_SEG)) if gt_dir.is_dir() else []
     if flat:
+        cases = [e.name for e in sorted(gt_dir.iterdir()) if e not in flat and case_at(e) is not None]
+        if cases:
+            raise UserError(f"{gt_dir} holds both <case>-seg.nii.gz files ({flat[0].name}) and case folders "
+                            f"({cases[0]}); give --gt a folder of one kind")
         names = {p.name[:-len(FLAT_SEG[0])]: p for p in flat}
         return {name: (path, flat_edition(name)) for name, path in names.items()}
     listing = find_cases(gt_dir, "give --gt a folder of ground-truth cases (any BraTS edition) or of "
@@ -155,8 +159,11 @@ def score_folders(pred_dir: Path, gt_dir: Path, label_map_quirk: bool = False, o
             raise UserError(f"{case}: the prediction's affine differs from the ground truth's; write "
                             "predictions on the input's grid (src/predict.py does)")
         cases[case] = case_scores(pred, gt, spacing_of(gt_affine), label_map_quirk)
+    extra = sorted(p.name.removesuffix(".nii.gz") for p in pred_dir.glob("*.nii.gz")
+                   if p.name.removesuffix(".nii.gz") not in truths)
     return {"cases": cases, "mean": mean_scores(list(cases.values())),
-            "ci95": intervals(list(cases.values()), CI_KEYS, REGIONS), "unscored": missing}
+            "ci95": intervals(list(cases.values()), CI_KEYS, REGIONS), "unscored": missing,
+            "without_ground_truth": extra}
 
 
 # --- DVC stage ------------------------------------------------------------------------------------
@@ -255,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.out, result)
         print(table(result["mean"]))
         print(interval_table(result["mean"], result["ci95"]))
+        if result["without_ground_truth"]:
+            extra = result["without_ground_truth"]
+            print(f"{len(extra)} prediction(s) without ground truth under {args.gt} were not scored "
+                  f"({', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}; listed under \"without_ground_truth\")")
         if result["unscored"]:
             print(f"{len(result['unscored'])} ground-truth case(s) without a prediction were not scored "
                   f"(listed under \"unscored\" in {args.out})")

@@ -233,3 +233,15 @@ def test_scorer_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 1 and err[-1].startswith(f"error: {tmp_path / 'file'}")
     assert "File exists" in err[-1] or "Not a directory" in err[-1]
+
+
+def test_predictions_without_ground_truth_are_listed_and_a_mixed_gt_folder_refused(tmp_path, capsys):
+    pred_dir, gt_dir = folders(tmp_path, cube(2), cube(2))
+    write_nifti(pred_dir / "BraTS-GLI-00005-100.nii.gz", cube(2), np.eye(4))      # no ground truth for it
+    out = tmp_path / "s.json"
+    evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out)])
+    assert json.loads(out.read_text())["without_ground_truth"] == ["BraTS-GLI-00005-100"]
+    assert "1 prediction(s) without ground truth" in capsys.readouterr().out
+    write_nifti(gt_dir / "BraTS-GLI-00005-100-seg.nii.gz", cube(2), np.eye(4))    # flat files beside a case folder
+    with pytest.raises(UserError, match=rf"holds both <case>-seg.nii.gz files .* and case folders \({CASE}\)"):
+        evaluate.score_folders(pred_dir, gt_dir)
