@@ -9,7 +9,7 @@ full augmentation, 250 iterations an epoch, 12 loader workers), on --patients sy
 the BraTS 2024 grid (1 mm): synthesize, preprocess, then train fold 0 from scratch twice, each in its
 own folder. Writes --out (JSON): each run's seconds and its patches/s per epoch (steps and loading,
 not validation; the first epoch pays the compilation), as the train stage prints them, the SHA-256
-of both weights files and whether they are equal. Issue 24 asks the two to be equal and the last
+of both weights files and whether they are equal. The aim: the two equal and the last
 epoch's patches/s within 10 % of bench/run.py's compiled step (bench/gpu.sh runs both).
 The -S overrides come last (the tests shrink the run with them to check this script on a CPU).
 """

@@ -1,4 +1,4 @@
-"""How far what the embedded synthetic set teaches carries to real MRI (issue 23): score a model on
+"""How far what the embedded synthetic set teaches carries to real MRI: score a model on
 real cases, and compare the real cases' statistics with the synthetic ones'.
 
     python bench/sim2real.py --data REAL_DIR [--weights models] [--synthetic data/synthetic]
@@ -11,7 +11,7 @@ downloaded and nothing is fitted to them: they are read in place, only to measur
 Score: `predict.py` with the evaluate stage's settings (params.yaml: overlap, mirroring, compile) and
 the post-processing beside the weights; each case is resampled to the weights' spacing, predicted,
 brought back to its own grid and scored there against its own labels by the evaluate stage's scorer
-(`evaluate.score_folders`: Dice, IoU, lesion-wise Dice per region). The issue's targets are checked:
+(`evaluate.score_folders`: Dice, IoU, lesion-wise Dice per region). The targets are checked:
 mean WT Dice >= 0.75, TC Dice >= 0.65, no case's WT Dice below 0.40.
 
 Statistics, per case, for the real and the synthetic cases (median and quartiles in the output):

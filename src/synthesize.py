@@ -126,8 +126,8 @@ def anatomy(rng: np.random.Generator, grid: tuple[int, int, int], spacing: float
     The cerebrum: an ellipsoid, flatter below than above, with a folded cortex, CSF in the sulci under
     its surface and two lateral ventricles. Below and behind it the cerebellum, whose folia mix grey
     and white matter finely at 1-2 mm, and the brainstem: the inferior slices of a real scan, which a
-    network that saw only an ellipsoid takes for tumour (issue 23: most of its false positives on
-    real cases sat there).
+    network that saw only an ellipsoid takes for tumour (most of the false positives of a model trained without
+    them sat there on real cases: BENCHMARKS.md, synthetic to real).
     """
     size = rng.uniform(0.88, 1.04)
     semi = np.array([68.0, 86.0, 70.0]) * size * rng.uniform(0.96, 1.04, 3)

@@ -122,7 +122,7 @@ def fold_paths(params: Params, fold: int) -> Params:
 
 def real_data_notice(params: Params) -> str | None:
     """The line train prints when an augmentation meant for the synthetic set is on with other data:
-    modality dropout helps a model trained on synthetic cases carry over to real scans (issue 23), and
+    modality dropout helps a model trained on synthetic cases carry over to real scans (BENCHMARKS.md), and
     is never applied to real data without saying so."""
     paths, rate = params.paths, params.train.modality_dropout
     if not rate or paths.raw_dir.resolve() == paths.synthetic_dir.resolve():

@@ -95,7 +95,7 @@ def test_a_case_damaged_during_training_is_one_line_from_any_worker(tiny_data, t
 
 
 def test_modality_dropout_blanks_one_whole_channel_and_nothing_else(tiny_data):
-    """train.modality_dropout (issue 23): in that share of patches one modality, drawn per sample, is
+    """train.modality_dropout: in that share of patches one modality, drawn per sample, is
     0 (the head's mean after z-scoring) everywhere; the other channels and the labels are the patch
     without it, and with 0 no random number is drawn, so the patches are those of before."""
     pre = tiny_data / "data" / "preprocessed"

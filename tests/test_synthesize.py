@@ -174,7 +174,7 @@ def case_figures(images: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> 
 
 
 def test_tumours_and_contrast_resemble_real_gliomas(default_dataset):
-    """Issue 23: sizes, oedema/core ratio and tumour contrast where real BraTS cases put them, and the
+    """Sizes, oedema/core ratio and tumour contrast where real BraTS cases put them, and the
     contrast drawn per case (a spread across cases like the real one, not one value)."""
     figures = [case_figures(*case) for case in default_dataset]
     for key, (low, high) in REAL_QUARTILES.items():
@@ -190,7 +190,7 @@ def test_tumours_and_contrast_resemble_real_gliomas(default_dataset):
 
 
 def test_healthy_tissue_is_more_textured_than_oedema_as_in_real_scans(default_dataset):
-    """Issue 23: in the 20 real cases at 2 mm, healthy tissue carries at least as much fine structure
+    """In the 20 real cases at 2 mm, healthy tissue carries at least as much fine structure
     as oedema (median high-pass std, bench/results/sim2real.json: T1 0.28 vs 0.17, T1c 0.37 vs 0.26,
     T2 0.33 vs 0.22, FLAIR 0.32 vs 0.32). A generator whose oedema was the rougher tissue (T2 0.21 vs
     0.27, FLAIR 0.25 vs 0.34) taught a network that rough and bright is tumour, and it painted real
@@ -211,7 +211,7 @@ def test_healthy_tissue_is_more_textured_than_oedema_as_in_real_scans(default_da
 
 
 def test_healthy_intensity_from_bottom_to_top_follows_real_scans(default_dataset):
-    """Issue 23: healthy tissue's median z per eighth of the head's height, bottom first. Real (20
+    """Healthy tissue's median z per eighth of the head's height, bottom first. Real (20
     cases): FLAIR -0.11 0.05 0.07 0.06 -0.02 -0.03 -0.06 -0.29, so the skull base is not FLAIR-bright
     on the whole; T1 -0.51 -0.19 at the bottom (cerebellar grey matter) against 0.35-0.47 mid-brain.
     The generator that brightened FLAIR toward the skull base (0.71 0.44 in the bottom two) and had a

@@ -67,7 +67,7 @@ def test_outputs(tiny_params):
 
 
 def test_modality_dropout_is_never_silent_on_real_data(tiny_params, tmp_path, capsys):
-    """train.modality_dropout is for the synthetic default (issue 23): with paths.raw_dir elsewhere
+    """train.modality_dropout is for the synthetic default: with paths.raw_dir elsewhere
     (real data), train says it is on and how to turn it off; on the synthetic set, or at 0, nothing."""
     assert train.real_data_notice(tiny_params(train__modality_dropout=0.3)) is None
     real = {"paths__raw_dir": str(tmp_path / "BraTS2021")}
