@@ -40,6 +40,7 @@ def test_lock_pins_everything_and_serves_cpu_and_cuda_torch():
 def test_ci_and_readme_install_with_the_lock():
     assert "-c requirements.lock" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
-    quick = readme[readme.index("## Quick start"):readme.index("## The pipeline")]
+    start = readme.index("## Quick start")
+    quick = readme[start:readme.index("\n## ", start + 1)]
     commands = re.findall(r"^pip install .*$", quick, re.M)
     assert commands and all("-c requirements.lock" in c for c in commands), commands

@@ -1,4 +1,5 @@
-"""The commands the README gives are valid: the GPU-sized params set passes params validation."""
+"""The commands the documentation gives are valid: the GPU-sized params set passes params validation, and
+the real-data CPU recipe is what bench/real.py measures."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from params import load_params
 
 
 
+RECIPES = ROOT / "docs" / "real-data.md"      # the real-data page holds the CPU and GPU recipes
+
+
 def overrides_of(pattern: str, what: str) -> dict:
-    """The `-S key=value` pairs of the README's command that `pattern` finds."""
-    text = (ROOT / "README.md").read_text()
+    """The `-S key=value` pairs of the recipe page's command that `pattern` finds."""
+    text = RECIPES.read_text()
     command = re.search(pattern, text, re.S)
-    assert command, f"the README lost its {what} `dvc exp run` command"
+    assert command, f"{RECIPES.name} lost its {what} `dvc exp run` command"
     words = shlex.split(command.group(1).replace("\\\n", " "))
     pairs = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
     return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
@@ -48,13 +52,13 @@ def test_real_data_cpu_recipe_is_valid_and_is_what_bench_real_measures():
     spec = importlib.util.spec_from_file_location("bench_real", ROOT / "bench" / "real.py")
     real = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real)
-    for key, value in real.CPU_RECIPE.items():       # the figures in the README come from these settings
+    for key, value in real.CPU_RECIPE.items():       # the documented figures come from these settings
         given = overrides[key]
         assert (float(given) if isinstance(value, float) else given) == value, key   # YAML 1.1 reads 1e-5 as text
 
 
 def test_bench_recipe_trains_the_readme_gpu_recipe():
-    """bench/recipe.py's settings are the README's GPU command's (less folds, tuning and epochs)."""
+    """bench/recipe.py's settings are the GPU recipe's (less folds, tuning and epochs)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench_recipe", ROOT / "bench" / "recipe.py")
     recipe = importlib.util.module_from_spec(spec)
