@@ -4,7 +4,7 @@
 #     bash bench/gpu.sh OUT_DIR
 # Writes the scale benchmark (12 loader workers, full augmentation on the GPU), bench/run.py's
 # table (train step vs nnU-Net, inference vs MONAI, loader, predict end to end) and bench/recipe.py's
-# two short runs of the README's GPU recipe (weights hash, patches/s per epoch) under OUT_DIR.
+# two short runs of the GPU recipe (docs/real-data.md) (weights hash, patches/s per epoch) under OUT_DIR.
 # All three take up to 18 minutes; PARTS="run recipe" (any of scale, run, recipe) runs some of them,
 # so that one call fits a lent machine's 10-minute limit.
 set -uo pipefail
@@ -30,7 +30,7 @@ fi
 if [[ " $parts " == *" run "* ]]; then
     timeout 270 python3 bench/run.py 2>&1 | grep -v "it/s\]" | tee "$out/run.log"
 fi
-if [[ " $parts " == *" recipe "* ]]; then   # the README's GPU recipe, 2 epochs x 250 iterations, twice
+if [[ " $parts " == *" recipe "* ]]; then   # the GPU recipe, 2 epochs x 250 iterations, twice
     timeout 480 python3 bench/recipe.py --work /tmp/recipe-work --out "$out/recipe.json" 2>&1 \
         | grep -v "it/s\]\|batch/s\]\|case/s\]" | tail -n 40 | tee "$out/recipe.log"
 fi

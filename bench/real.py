@@ -3,7 +3,7 @@
     python bench/real.py --data /data/BraTS2021 --out bench/results/real.json [--folds 4] [--fold K]
                          [--init auto|none|WEIGHTS] [--work /tmp/brats-real] [-S key=value ...]
 
-The README's real-data CPU recipe, measured: the network starts from the weights the default pipeline
+The real-data CPU recipe (docs/real-data.md), measured: the network starts from the weights the default pipeline
 trains on the embedded synthetic set (`--init auto`: the default params' synthesize, preprocess and
 train stages run first in the work folder, as `dvc repro` runs them; or a weights file; `none` for a
 random start), then trains on the real cases at 2 mm.
@@ -45,7 +45,7 @@ from params import apply_overrides, load_params  # noqa: E402
 from preprocess import fold_patients  # noqa: E402
 from report import summarise  # noqa: E402
 
-# The README's real-data recipe for 2 CPU cores (README, real data): 1 mm data trained at 2 mm,
+# The real-data recipe for 2 CPU cores (docs/real-data.md): 1 mm data trained at 2 mm,
 # starting from the synthetic set's weights (train.init_weights, set by --init).
 CPU_RECIPE = {
     "preprocess.spacing_mm": 2.0,

@@ -1,9 +1,9 @@
-"""The README's GPU recipe at a real epoch length, trained twice: is it reproducible, and how fast?
+"""The GPU recipe (docs/real-data.md) at a real epoch length, trained twice: is it reproducible, and how fast?
 
     python bench/recipe.py --work /tmp/recipe --out bench/results/recipe.json [--patients 6]
                            [--epochs 2] [-S key=value ...]
 
-In a work copy of the repository (src/ and params.yaml, as bench/real.py makes one) with the README's
+In a work copy of the repository (src/ and params.yaml, as bench/real.py makes one) with the documented
 GPU recipe (`GPU_RECIPE`: the nnU-Net-sized network, 128³ patches, bf16, compiled, deterministic,
 full augmentation, 250 iterations an epoch, 12 loader workers), on --patients synthetic patients at
 the BraTS 2024 grid (1 mm): synthesize, preprocess, then train fold 0 from scratch twice, each in its
@@ -31,7 +31,7 @@ from errors import run_stage  # noqa: E402
 from files import file_sha256  # noqa: E402
 from real import QUIET, checkout, parse_override, run  # noqa: E402
 
-# The README's GPU command (tests/test_readme.py checks that these are its values), less what a
+# The documented GPU command (tests/test_readme.py checks that these are its values), less what a
 # short run cannot keep: the folds (one), tuning (fixed optimizer values) and the epoch count.
 GPU_RECIPE = {
     "model.base_width": 32, "model.max_width": 320, "model.depth": 6,

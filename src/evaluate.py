@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="score only the ground-truth cases that have a prediction (default: all must have one)")
     ap.add_argument("--leaderboard-hd95", action="store_true",
                     help="legacy HD95 exactly as the official code computes it, quirk included: the inside "
-                         "of lesions numbered 2 or more counts as surface (README, scorer)")
+                         "of lesions numbered 2 or more counts as surface (docs/scorer.md)")
     args = ap.parse_args(argv)
     given = [a is not None for a in (args.pred, args.gt, args.out)]
     if any(given) and not all(given):

@@ -80,7 +80,7 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params, fol
         "(the preprocess stage's output in `dvc.lock`); edition "
         f"`{data.get('edition') or 'unknown'}` (`src/editions.py`; its labels read as 2024's).",
         "- By default the synthetic BraTS-2024-like set that `src/synthesize.py` generates; real BraTS",
-        "  data of any edition when `paths.raw_dir` points at it (README). Splits are grouped by patient.",
+        "  data of any edition when `paths.raw_dir` points at it (docs/real-data.md). Splits are grouped by patient.",
         *([f"- Started from the weights `{origin['init_weights']['path']}` (SHA-256 "
            f"`{origin['init_weights']['sha256'][:16]}…`, `train.init_weights`), not from a random start."]
           if origin.get("init_weights") else []),
@@ -104,7 +104,7 @@ def render(weights: dict, pp: Postprocessing, metrics: dict, params: Params, fol
         "- Trained and tested on the data named above: on the synthetic default these figures say the",
         "  pipeline works, not how the network does on real scans.",
         "- The test split is small; one case moves a mean by several points. Training is bit-for-bit",
-        "  reproducible on one machine type only; another CPU or GPU model gives a different draw (README).",
+        "  reproducible on one machine type only; another CPU or GPU model gives a different draw (BENCHMARKS.md).",
         "- Inputs must be skull-stripped, co-registered T1n, T1c, T2w and T2-FLAIR; other voxel sizes are",
         "  resampled to the training one, so detail finer than it is not seen.",
         "- Post-processing removes small components: a real lesion smaller than a threshold is removed too.",

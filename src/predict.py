@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -47,7 +48,7 @@ from tqdm import tqdm
 
 from editions import EDITIONS, Case, Edition, find_cases
 from errors import SetupError, UserError, run_stage
-from files import atomic_write, check_writable, file_sha256, read_json, write_json
+from files import atomic_write, check_writable, file_sha256, write_json
 from geometry import restore
 from inference import probs_to_labels
 from nifti import read_case, write_nifti
@@ -213,14 +214,35 @@ def resumable(earlier: dict, now: dict, output: Path) -> dict:
     this one; otherwise a one-line error (its outputs would be mixed with different ones)."""
     if not earlier:
         return {}
-    then, current = _decides(earlier), _decides(now)
+    try:
+        then, current = _decides(earlier), _decides(now)
+    except (AttributeError, TypeError):          # a record of another shape: vouches for nothing
+        print(f"warning: {output / RECORD_FILE} is not a record this version reads; every case is predicted "
+              "again", file=sys.stderr)
+        return {}
     changed = [k for k in current if then.get(k) != current[k]]
     if changed and earlier.get("cases"):
         what = ", ".join(f"{k} {then.get(k)!r} (now {current[k]!r})" if k not in ("weights", "post-processing",
                          "inference settings of the weights") else f"other {k}" for k in changed)
         raise UserError(f"{output} holds predictions of an earlier run made with {what}; resuming would mix "
                         "them with these: give --overwrite to redo every case, or choose another --output")
-    return earlier.get("cases", {})
+    cases = earlier.get("cases")
+    return cases if isinstance(cases, dict) else {}
+
+
+def earlier_record(path: Path) -> dict:
+    """An earlier run's `predictions.json`, or {} where there is none or it cannot be read (then its
+    outputs count as unrecorded and are redone: nothing is trusted that the record does not vouch for)."""
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        return record
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        print(f"warning: {path} cannot be read ({e}); every case is predicted again", file=sys.stderr)
+        return {}
 
 
 def remove_stale_temporaries(output: Path) -> None:
@@ -248,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "another --output")
     record_path = args.output / RECORD_FILE
     remove_stale_temporaries(args.output)
-    earlier = read_json(record_path, "the record of an earlier run", "predict") if record_path.exists() else {}
+    earlier = earlier_record(record_path) if not args.overwrite else {}
     record = {"weights": {"files": [{"path": str(w), "sha256": file_sha256(w)} for w in weights],
                           "inference": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(spec).items()}},

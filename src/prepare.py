@@ -114,8 +114,8 @@ def check_memory(case: str, shape: tuple[int, ...], native_spacing: tuple[float,
         raise SetupError(f"{case}: resampling its {'×'.join(f'{v:g}' for v in native_spacing)} mm voxels to the "
                          f"spacing asked makes {size} voxels, {voxels * 4 / GIB:.1f} GiB a channel and about "
                          f"{need / GIB:.0f} GiB while it is prepared, more than the {have / GIB:.1f} GiB of memory "
-                         "available; choose a coarser preprocess.spacing_mm (the README's real-data recipe "
-                         "uses 2.0 on a CPU, 1.0 for BraTS' own grid)")
+                         "available; choose a coarser preprocess.spacing_mm (2.0 on a CPU, as the CPU recipe of "
+                         "docs/real-data.md; 1.0 is BraTS' own grid)")
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:

@@ -40,7 +40,7 @@ from params import Params, PreprocessParams, load_params
 from prepare import prepare
 
 RAW_DIR_HINT = ("run `dvc repro synthesize` for the synthetic set, or set paths.raw_dir in params.yaml to "
-                "the folder that holds your BraTS cases (any edition: README, real data)")
+                "the folder that holds your BraTS cases (any edition: docs/real-data.md)")
 SKIP_HINT = "(set preprocess.on_error: skip in params.yaml to leave failing cases out and list them in the report)"
 
 

@@ -13,7 +13,7 @@ MLflow's store, so queued `dvc exp run --queue` experiments share it), or any SQ
 `journal:<file>` for Optuna's journal file. Its name carries a hash of everything a trial depends on,
 so an interrupted tune resumes without repeating finished trials, and a changed setting starts a new
 study. Several processes or machines can work on one study: run `python src/tune.py` in each, with
-`tune.storage` pointing at one shared database (PostgreSQL for machines, README); together they run
+`tune.storage` pointing at one shared database (PostgreSQL for machines, docs/tracking.md); together they run
 exactly `tune.trials` trials. Each process claims its next trial under a lock (a PostgreSQL advisory
 lock, or a file lock beside an SQLite or journal file): it counts the finished and running trials and
 asks Optuna for a new one only while they are fewer than `tune.trials`. A running trial sends
@@ -26,7 +26,7 @@ durations, so a rerun writes the same bytes; they go to the console and MLflow),
 `tune/plots/` the optimisation history and, once `IMPORTANCE_MIN_TRIALS` trials have completed, the
 parameter importances (fANOVA on fewer trials than twice the number of parameters is noise). Each
 trial is a nested MLflow run under a `tune` run. `optuna-dashboard sqlite:///optuna.db` shows the
-study live (README).
+study live (docs/pipeline.md).
 """
 
 from __future__ import annotations

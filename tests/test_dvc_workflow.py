@@ -141,7 +141,7 @@ def test_fresh_clone_pulls_everything_and_has_nothing_to_do(origin, s3, env, tmp
 
 def test_pulling_only_the_weights_and_predicting(origin, s3, env, tmp_path):
     repo = clone(origin, tmp_path / "c", env, s3)
-    sh(["dvc", "pull", "train", "postprocess"], repo, env)       # the README's new-machine recipe
+    sh(["dvc", "pull", "train", "postprocess"], repo, env)       # the new-machine recipe (README, docs/remote.md)
     assert (repo / FOLD0 / "model.pt").exists() and (repo / "models" / "postprocessing.json").exists()
     assert not (repo / "data" / "synthetic").exists() and not (repo / "data" / "preprocessed").exists()
     test_case = json.loads((origin / "data" / "preprocessed" / "splits.json").read_text())["test"][0]
@@ -310,7 +310,7 @@ def test_folds_trained_in_the_queue_and_on_another_machine_meet_through_the_run_
     stages = sh(["dvc", "stage", "list", "--name-only"], main, env).stdout.split()
     assert {"train@0", "train@1", "train@2"} <= set(stages)
 
-    for fold in (0, 1):                                     # the README's queue recipe
+    for fold in (0, 1):                                     # the queue recipe (docs/cross-validation.md)
         sh(["dvc", "exp", "run", "--queue", f"train@{fold}"], main, env)
     sh(["dvc", "queue", "start", "-j", "2"], main, env)
     wait_for_queue(main, env, 2)

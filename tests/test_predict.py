@@ -392,3 +392,17 @@ def test_compiled_prediction_and_a_missing_compiler_is_one_line(tmp_path, weight
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --compile (evaluate.compile): torch.compile failed"), last
     assert not (tmp_path / "none" / "BraTS-GLI-00001-100.nii.gz").exists()
+
+
+def test_an_unreadable_record_means_every_case_is_predicted_again(tmp_path, weights, small_case, capsys):
+    images, _, affine = small_case
+    write_case(tmp_path / "in", "BraTS-GLI-00001-100", images, None, affine)
+    out = tmp_path / "out"
+    args = ["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(out), "--no-mirror"]
+    assert run(args) == 0
+    for broken in ("{not json", "[1, 2]", '{"cases": 3, "settings": "x", "weights": 1}'):
+        (out / "predictions.json").write_text(broken)
+        capsys.readouterr()
+        assert run(args) == 0
+        said = capsys.readouterr()
+        assert "wrote 1 of 1 predictions" in said.out and "every case is predicted again" in said.err
