@@ -27,6 +27,7 @@ challenge); `--only-predicted` scores the ground-truth cases that have one and l
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +76,18 @@ def interval_table(mean: dict, ci: dict) -> str:
 # --- scorer ---------------------------------------------------------------------------------------
 
 FLAT_SEG = ("-seg.nii.gz", "_seg.nii.gz")
+MSD_ID = re.compile(r"^BRATS_\d+$", re.I)       # a Decathlon Task01 case id
 
 
 def flat_edition(case: str) -> Edition:
     """The edition of a flat `<case>-seg.nii.gz` ground truth, from its id: 2023 or 2024 by the visit,
-    2017-2021 for their ids (their ET is 4), otherwise 2024."""
-    return EDITIONS["2021"] if LEGACY_CASE.match(case) else year_edition(case)
+    2017-2021 for their ids (their ET is 4), the Decathlon's for `BRATS_001` (its 1 is oedema),
+    otherwise 2024."""
+    if LEGACY_CASE.match(case):
+        return EDITIONS["2021"]
+    if MSD_ID.match(case):
+        return EDITIONS["msd"]
+    return year_edition(case)
 
 
 def ground_truths(gt_dir: Path) -> dict[str, tuple[Path, Edition]]:

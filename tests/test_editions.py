@@ -379,14 +379,15 @@ def test_scorer_refuses_a_ground_truth_case_without_its_labels(tmp_path):
             evaluate.score_folders(pred_dir, folder, only_predicted=only_predicted)
 
 
+@pytest.mark.parametrize("edition", ["2021", "msd"])
 @pytest.mark.parametrize("suffix", ["-seg.nii.gz", "_seg.nii.gz"])
-def test_scorer_reads_flat_2017_2021_ground_truth_with_their_labels(tmp_path, suffix):
-    folder, written = dataset(tmp_path, "2021")
+def test_scorer_reads_flat_ground_truth_of_other_editions_with_their_labels(tmp_path, suffix, edition):
+    folder, written = dataset(tmp_path, edition)
     flat = tmp_path / "flat"
     flat.mkdir()
     for case, (_, labels) in written.items():
-        write_nifti(flat / f"{case}{suffix}", labels, np.eye(4))          # 4 is enhancing tumour here
-    scores = evaluate.score_folders(perfect_predictions(tmp_path, written, "2021"), flat)
+        write_nifti(flat / f"{case}{suffix}", labels, np.eye(4))   # 2021: 4 is ET; msd: 1 is oedema
+    scores = evaluate.score_folders(perfect_predictions(tmp_path, written, edition), flat)
     assert set(scores["cases"]) == set(written)
     assert all(scores["mean"][r]["dice"] == 1.0 for r in ("WT", "TC", "ET", "NETC", "SNFH"))
 
