@@ -15,10 +15,13 @@ from typing import Callable, Iterable, Iterator
 from errors import UserError
 
 
+TMP_MARK = ".tmp"      # atomic_write's temporary files: `.<name>.tmp<pid>` beside the target
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` for a temporary file next to `path`, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -31,10 +34,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def with_path(e: OSError, path: Path) -> OSError:
     """`e` naming `path` where it names no file: a write into an open file (a full disk) fails
     without one, and the user needs to know which disk."""
-    if e.filename is not None:
-        return e
-    named = OSError(e.errno, e.strerror or str(e), str(path))
-    return named
+    return e if e.filename is not None else OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def remove_stale_writes(folder: Path) -> None:
+    """The temporary files of atomic_write that a killed process left in `folder`."""
+    for stale in folder.glob(f".*{TMP_MARK}[0-9]*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 @contextmanager

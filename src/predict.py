@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from editions import EDITIONS, Case, Edition, find_cases
 from errors import SetupError, UserError, run_stage
-from files import atomic_write, check_writable, file_sha256, write_json
+from files import atomic_write, check_writable, file_sha256, remove_stale_writes, write_json
 from geometry import restore
 from inference import probs_to_labels
 from nifti import read_case, write_nifti
@@ -245,13 +245,6 @@ def earlier_record(path: Path) -> dict:
         return {}
 
 
-def remove_stale_temporaries(output: Path) -> None:
-    """Temporary files a killed run left (files.atomic_write names them `.<name>.tmp<pid>`)."""
-    for stale in output.glob(".*.tmp[0-9]*"):
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
@@ -269,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.output, "predict writes its outputs there: free space, fix permissions or choose "
                                 "another --output")
     record_path = args.output / RECORD_FILE
-    remove_stale_temporaries(args.output)
+    remove_stale_writes(args.output)
     earlier = earlier_record(record_path) if not args.overwrite else {}
     record = {"weights": {"files": [{"path": str(w), "sha256": file_sha256(w)} for w in weights],
                           "inference": {k: list(v) if isinstance(v, tuple) else v
