@@ -1,7 +1,8 @@
 """Train and evaluate the pipeline on a folder of real BraTS cases, by cross-validation, and write the figures.
 
     python bench/real.py --data /data/BraTS2021 --out bench/results/real.json [--folds 4] [--fold K]
-                         [--init auto|none|WEIGHTS] [--work /tmp/brats-real] [-S key=value ...]
+                         [--init auto|none|WEIGHTS] [--hold-out patients|institutions] [--work /tmp/brats-real]
+                         [-S key=value ...]
 
 The real-data CPU recipe (docs/real-data.md), measured: the network starts from the weights the default pipeline
 trains on the embedded synthetic set (`--init auto`: the default params' synthesize, preprocess and
@@ -15,6 +16,12 @@ repository (`src/` and params.yaml with the real-data CPU recipe below, then the
 (less `preprocess.val_fraction` of them for validation and post-processing), postprocess, and
 evaluate on the fold. The figures are the evaluate stage's own, on each case's original grid against
 its original labels (the network runs at `preprocess.spacing_mm`). `--fold K` runs one fold only.
+`--hold-out institutions` deals whole institutions (from the BraTS 2017-2018 case names) into the
+folds instead, so that each fold is scored on sites its model never saw.
+
+Each fold's unseen cases also have their region probabilities kept (WORK/probabilities, bench/oof.py;
+bench/cascade.py refines them); with every fold run, the cut-offs and post-processing chosen on the
+other folds' cases are scored too (`out_of_fold_choice`).
 
 Writes `--out` (JSON: settings, per-fold minutes, per-case and mean Dice and IoU of WT, TC and ET
 with and without post-processing, and the lesion-wise Dice) and prints a table. Nothing is
@@ -40,10 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))   # report.py, when this file is loaded as a module
 
-from errors import run_stage  # noqa: E402
+from errors import UserError, run_stage  # noqa: E402
 from params import apply_overrides, load_params  # noqa: E402
 from preprocess import fold_patients  # noqa: E402
-from report import summarise  # noqa: E402
+from report import institution, summarise  # noqa: E402
+import oof  # noqa: E402
 
 # The real-data recipe for 2 CPU cores (docs/real-data.md): 1 mm data trained at 2 mm,
 # starting from the synthetic set's weights (train.init_weights, set by --init).
@@ -85,6 +93,38 @@ def fold_scores(metrics_dir: Path) -> dict[str, dict]:
                           for r in REGIONS} for row in rows}
 
 
+def fold_institutions(patients: dict[str, str], k: int) -> list[list[str]]:
+    """Patients dealt into `k` folds by institution (bench/report.py's, from the case names): all of an
+    institution's patients in one fold, the largest institutions first, each into the fold with the
+    fewest cases so far (ties: the lower fold), so that every fold's model meets sites it never saw."""
+    sites: dict[str, set[str]] = {}
+    for case, patient in patients.items():
+        sites.setdefault(institution(case), set()).add(patient)
+    if len(sites) < k:
+        raise UserError(f"--hold-out institutions with --folds {k}: the cases come from {len(sites)} institution(s) "
+                        f"({', '.join(sorted(sites))}); use fewer folds")
+    size = {site: sum(1 for c in patients if institution(c) == site) for site in sites}
+    folds: list[list[str]] = [[] for _ in range(k)]
+    load = [0] * k
+    for site in sorted(sites, key=lambda s: (-size[s], s)):
+        i = load.index(min(load))
+        folds[i] += sorted(sites[site])
+        load[i] += size[site]
+    return [sorted(f) for f in folds]
+
+
+def fold_split(patients: dict[str, str], folds: list[list[str]], k: int, params) -> dict:
+    """splits.json for outer fold `k`: its patients' cases are the test split; of the other folds'
+    patients (shuffled, seeded by base.seed and k), preprocess.val_fraction validate, the rest train."""
+    rest = [p for i, f in enumerate(folds) if i != k for p in f]
+    np.random.default_rng([params.base.seed, k]).shuffle(rest)
+    n_val = max(1, round(len(rest) * params.preprocess.val_fraction))
+    split = {"test": set(folds[k]), "val": set(rest[:n_val]), "train": set(rest[n_val:])}
+    cases = {name: sorted(c for c, p in patients.items() if p in group) for name, group in split.items()}
+    cases["folds"] = [{"train": cases["train"], "val": cases["val"]}]      # one training fold (train.folds [0])
+    return cases
+
+
 def checkout(folder: Path, overrides: dict) -> dict:
     """src/ and params.yaml (with `overrides`) in `folder`, as a clone would have them; the raw params."""
     shutil.copytree(ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -110,6 +150,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     ap.add_argument("--work", type=Path, default=Path("/tmp/brats-real"), help="work folder (replaced)")
     ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--hold-out", choices=("patients", "institutions"), default="patients",
+                    help="what a fold holds out: patients (seeded), or whole institutions (the case names' sites)")
     ap.add_argument("--fold", type=int, help="run this fold only (0-based)")
     ap.add_argument("--init", default="auto", help="auto (train on the synthetic set first), none, or a weights file")
     ap.add_argument("-S", dest="overrides", type=parse_override, action="append", default=[],
@@ -138,17 +180,16 @@ def main() -> None:
     pre = params.paths.preprocessed_dir
     manifest = json.loads((pre / "manifest.json").read_text())
     patients = {c: e["patient"] for c, e in manifest["cases"].items()}
-    folds = fold_patients(list(patients.values()), args.folds, params.base.seed)   # as the pipeline deals folds
+    if args.hold_out == "institutions":
+        folds = fold_institutions(patients, args.folds)
+    else:
+        folds = fold_patients(list(patients.values()), args.folds, params.base.seed)   # as the pipeline deals folds
+    (args.work / "folds.json").write_text(json.dumps(folds, indent=1))     # what bench/cascade.py reuses
     chosen = range(args.folds) if args.fold is None else [args.fold]
     per_case, fold_minutes = {}, {}
+    prob_dir = args.work / "probabilities"
     for k in chosen:
-        rest = [p for i, f in enumerate(folds) if i != k for p in f]
-        np.random.default_rng([params.base.seed, k]).shuffle(rest)
-        n_val = max(1, round(len(rest) * params.preprocess.val_fraction))
-        split = {"test": set(folds[k]), "val": set(rest[:n_val]), "train": set(rest[n_val:])}
-        cases = {name: sorted(c for c, p in patients.items() if p in group) for name, group in split.items()}
-        cases["folds"] = [{"train": cases["train"], "val": cases["val"]}]      # one training fold (train.folds [0])
-        (pre / "splits.json").write_text(json.dumps(cases, indent=1))
+        (pre / "splits.json").write_text(json.dumps(fold_split(patients, folds, k, params), indent=1))
         fold_dir = args.work / "folds" / str(k)
         paths = {f"paths.{key}": str(fold_dir / value) for key, value in (
             ("models_dir", "models"), ("metrics_dir", "metrics"), ("predictions_dir", "predictions"),
@@ -156,21 +197,31 @@ def main() -> None:
         fold_raw = apply_overrides(yaml.safe_load(yaml.safe_dump(raw)), paths)
         (args.work / "params.yaml").write_text(yaml.safe_dump(fold_raw, sort_keys=False))
         fold_minutes[k] = {stage: run([python, f"src/{stage}.py"], args.work, log) for stage in STAGES}
+        fold_minutes[k]["keep probabilities"] = run([python, str(ROOT / "bench" / "oof.py"), "predict", "--params",
+                                                     str(args.work / "params.yaml"), "--out", str(prob_dir)],
+                                                    args.work, log)
         scores = fold_scores(fold_dir / "metrics")
         per_case.update({case: {"fold": k, **s} for case, s in scores.items()})
         print(f"fold {k}: " + ", ".join(f"{stage} {m:.1f} min" for stage, m in fold_minutes[k].items()) + "; " +
               ", ".join(f"{r} Dice {np.mean([s[f'dice_{r}'] for s in scores.values()]):.3f}" for r in REGIONS))
 
     summary = summarise({case: {k: v for k, v in s.items() if k != "fold"} for case, s in per_case.items()})
+    out_of_fold = None
+    if args.fold is None:      # every case unseen once: choose cut-offs and post-processing fold by fold
+        pp = params.postprocess
+        out_of_fold = oof.choose_and_score(prob_dir, {c: s["fold"] for c, s in per_case.items()},
+                                           pp.candidates_mm3, pp.candidates_fraction, pp.min_gain)
+        out_of_fold.update(summarise({c: {k: v for k, v in s.items() if k != "fold"}
+                                      for c, s in out_of_fold["per_case"].items()}))
     mean = summary["mean"]
     result = {"data": str(args.data), "cases": len(per_case), "editions": manifest["edition"],
-              "folds": args.folds, "fold_patients": folds, "init": args.init,
+              "folds": args.folds, "hold_out": args.hold_out, "fold_patients": folds, "init": args.init,
               "overrides": {k: v for k, v in overrides.items() if k not in ("paths.raw_dir", "train.init_weights")},
               "minutes": {**{k: round(m, 2) for k, m in minutes.items()},
                           **{str(k): {s: round(m, 2) for s, m in v.items()} for k, v in fold_minutes.items()}},
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                           "torch": __import__("torch").__version__},
-              **summary, "per_case": per_case}
+              **summary, "per_case": per_case, "out_of_fold_choice": out_of_fold}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"{len(per_case)} unseen cases, on their original grid (post-processed):")
@@ -181,6 +232,13 @@ def main() -> None:
               f"IoU {mean[f'iou_{r}']:.3f}, lesion-wise Dice {mean[f'lesionwise_dice_{r}']:.3f}")
     for site, figures in summary["institutions"].items():
         print(f"  {site} ({figures['cases']} cases): " + ", ".join(f"{r} Dice {figures[f'dice_{r}']:.3f}" for r in REGIONS))
+    if out_of_fold:
+        print("cut-offs and post-processing chosen on the other folds' unseen cases:")
+        for variant in ("plain", "cutoffs", "chosen"):
+            m, ci = out_of_fold["mean"], out_of_fold["ci95"]
+            print(f"  {variant}: " + ", ".join(
+                f"{r} Dice {m[f'{variant}_dice_{r}']:.3f} ({ci[f'{variant}_dice_{r}'][0]}–{ci[f'{variant}_dice_{r}'][1]}) "
+                f"lesion-wise {m[f'{variant}_lesionwise_dice_{r}']:.3f}" for r in REGIONS))
     print(f"wrote {args.out}")
 
 

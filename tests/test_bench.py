@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, bench_module
 
 
 @pytest.mark.slow
@@ -85,6 +85,18 @@ def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, ti
     for fold in ("0", "1"):                                      # each fold's network started from those weights
         saved = torch.load(tmp_path / "work" / "folds" / fold / "models" / "folds" / "fold_0" / "model.pt", weights_only=True)
         assert saved["provenance"]["init_weights"]["path"] == str(start.paths.models_dir / "folds" / "fold_0" / "model.pt")
+    # the kept probabilities, cut at 0.5 without post-processing, score as the evaluate stage scored them
+    # before its post-processing; the cut-offs and rules of each fold were chosen on the other fold's cases
+    choice = result["out_of_fold_choice"]
+    assert sorted(choice["per_case"]) == cases and set(choice["chosen"]) == {"0", "1"}
+    for fold in ("0", "1"):
+        raw = json.loads((tmp_path / "work" / "folds" / fold / "metrics" / "evaluate.json").read_text())
+        ours = [s for s in choice["per_case"].values() if s["fold"] == int(fold)]
+        for region in ("WT", "TC", "ET"):
+            mean = np.mean([s[f"plain_lesionwise_dice_{region}"] for s in ours])
+            assert mean == pytest.approx(raw["no_postprocessing"]["lesionwise_dice"][region], abs=2e-4)
+        assert choice["chosen"][fold]["chosen_on"] == len(cases) - len(ours)
+        assert set(choice["chosen"][fold]["cutoffs"].values()) <= set(bench_module("oof").CUTOFFS)
 
 
 @pytest.mark.slow
@@ -231,3 +243,50 @@ def test_real_data_report_pools_runs_of_several_seeds(tmp_path):
     done = subprocess.run([sys.executable, "bench/report.py", str(tmp_path / "a.json"), str(tmp_path / "c.json")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "scored different cases" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_out_of_fold_cutoffs_are_chosen_on_the_other_folds_cases(tmp_path):
+    """Hand-built probabilities: the enhancing tumour's probability is 0.4 inside its lesion and 0
+    elsewhere, so only a cut-off below 0.4 finds it (0.35, the nearest to 0.5 of those); the whole
+    tumour's is 0.9 inside, 0.45 around it, so 0.5 (and up) is right; fold 1's cases, scored with
+    fold 0's choice, are different (ET at 0.2) and fall below it."""
+    oof = bench_module("oof")
+    regions = np.array(["WT", "TC", "ET", "RC"])
+
+    def case(name, et_prob):
+        labels = np.zeros((12, 12, 12), np.uint8)
+        labels[2:10, 2:10, 2:10] = 2
+        labels[4:8, 4:8, 4:8] = 3
+        probs = np.zeros((4, 12, 12, 12), np.float32)
+        probs[0][1:11, 1:11, 1:11] = 0.45
+        probs[0][labels > 0] = 0.9
+        probs[1][labels == 3] = 0.8
+        probs[2][labels == 3] = et_prob
+        np.savez_compressed(tmp_path / f"{name}.npz", probs=probs.astype(np.float16), regions=regions,
+                            labels=labels, spacing=np.ones(3))
+
+    for name in ("a", "b"):
+        case(name, 0.4)
+    case("c", 0.2)
+    result = oof.choose_and_score(tmp_path, {"a": 0, "b": 0, "c": 1}, (0.0,), (0.0,), 0.0)
+    assert result["chosen"]["1"]["cutoffs"] == {"WT": 0.5, "TC": 0.5, "ET": 0.35}        # chosen on a and b
+    assert result["chosen"]["1"]["chosen_on"] == 2
+    assert result["per_case"]["c"]["cutoffs_dice_ET"] == 0.0                            # 0.2 < 0.35
+    assert result["per_case"]["c"]["plain_dice_WT"] == 1.0
+    # fold 0 chosen on c alone: ET at 0.2 needs a cut-off below it, which CUTOFFS has not: any is as bad,
+    # so 0.5 stays; a and b then miss their ET as the plain cut does
+    assert result["chosen"]["0"]["cutoffs"]["ET"] == 0.5
+    assert result["per_case"]["a"]["plain_dice_ET"] == result["per_case"]["a"]["cutoffs_dice_ET"] == 0.0
+
+
+def test_institutions_are_held_out_whole_and_the_folds_balanced():
+    """Hand-counted: 2013 has 4 cases, CBICA 3, TCIA01 2, TCIA02 1. Largest first, each into the fold
+    with the fewest cases: 2013 -> fold 0 (4), CBICA -> fold 1 (3), TCIA01 -> fold 2 (2), and TCIA02
+    -> fold 2 again, the emptiest (2 < 3 < 4)."""
+    real = bench_module("real")
+    cases = ([f"Brats18_2013_{i}_1" for i in range(4)] + [f"Brats18_CBICA_A{i}_1" for i in range(3)]
+             + [f"Brats18_TCIA01_{i}_1" for i in range(2)] + ["Brats18_TCIA02_9_1"])
+    folds = real.fold_institutions({c: c for c in cases}, 3)
+    assert folds == [sorted(cases[:4]), sorted(cases[4:7]), sorted(cases[7:])]
+    with pytest.raises(real.UserError, match="4 institution"):
+        real.fold_institutions({c: c for c in cases}, 5)
