@@ -98,6 +98,27 @@ def test_real_data_benchmark_cross_validates_and_writes_its_figures(tmp_path, ti
         assert choice["chosen"][fold]["chosen_on"] == len(cases) - len(ours)
         assert set(choice["chosen"][fold]["cutoffs"].values()) <= set(bench_module("oof").CUTOFFS)
 
+    # the cascade on that run: a second stage trained per fold at the cases' own spacing, from the fold's
+    # weights; its first-stage scores are real.py's, and every refined case stays on its own grid
+    out = tmp_path / "cascade.json"
+    done = subprocess.run([sys.executable, "bench/cascade.py", "--stage1", str(tmp_path / "work"), "--out", str(out),
+                           "--work", str(tmp_path / "cascade"),
+                           *(o for o in overrides if not o.startswith("-Spreprocess.spacing_mm")), "-Strain.epochs=1"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cascade = json.loads(out.read_text())
+    assert set(cascade["variants"]) == {"stage1", "core", "all"}
+    for case, scores in cascade["variants"]["stage1"]["per_case"].items():
+        assert scores == {k: v for k, v in choice["per_case"][case].items() if k == "fold" or k.startswith("plain_")}
+    for variant in ("core", "all"):
+        assert sorted(cascade["variants"][variant]["per_case"]) == cases
+        for case in cases:
+            refined = np.load(tmp_path / "cascade" / "probabilities" / variant / f"{case}.npz")["probs"]
+            first = np.load(tmp_path / "work" / "probabilities" / f"{case}.npz")["probs"]
+            assert refined.shape == first.shape
+            if variant == "core":                               # the whole tumour is the first stage's
+                assert np.array_equal(refined[0], first[0])
+
 
 @pytest.mark.slow
 def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_path, tiny_data, tiny_params):
