@@ -1,6 +1,6 @@
 """The cascade (src/cascade.py) on real cases, measured against its first stage, fold by fold.
 
-    python bench/cascade.py --stage1 /tmp/brats-real --out bench/results/real_brats18_cascade.json
+    python bench/cascade.py --stage1 /tmp/brats-real --out bench/results/real_cascade.json
                             [--work /tmp/brats-cascade] [--fold K] [-S key=value ...]
 
 `--stage1` is the work folder of a finished bench/real.py run (its fold models, its kept
