@@ -142,7 +142,7 @@ def main() -> None:
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                           "torch": __import__("torch").__version__}, "variants": {}}
     for variant, folder in variants.items():
-        scored = oof.choose_and_score(folder, fold_of, choose=False)
+        scored = oof.choose_and_score(folder, fold_of, choose_too=False)
         scored.update(summarise({c: {k: v for k, v in s.items() if k != "fold"} for c, s in scored["per_case"].items()}))
         result["variants"][variant] = scored
         m, ci = scored["mean"], scored["ci95"]

@@ -101,37 +101,38 @@ def choose_cutoffs(cases: list[dict]) -> dict[str, float]:
     return chosen
 
 
+def choose(cases: list[dict], candidates: tuple[float, ...], fractions: tuple[float, ...],
+           min_gain: float) -> tuple[dict[str, float], "Postprocessing", dict]:
+    """Cut-offs, then the post-processing rules on the cut maps, chosen on `cases`; and what was
+    chosen, as the result file records it."""
+    import postprocessing
+    cutoffs = choose_cutoffs(cases)
+    pp, record = postprocessing.select([(cut(c, cutoffs), c["labels"], c["spacing"]) for c in cases],
+                                       candidates, fractions, min_gain)
+    return cutoffs, pp, {"cutoffs": cutoffs, "postprocessing": {r: v for r, v in pp.min_mm3.items() if v},
+                         "chosen_on": len(cases), "oof_lesionwise_before": record["before"],
+                         "oof_lesionwise_after": record["after"]}
+
+
 def choose_and_score(prob_dir: Path, fold_of: dict[str, int], candidates: tuple[float, ...] = (),
-                     fractions: tuple[float, ...] = (), min_gain: float = 0.0, choose: bool = True) -> dict:
-    """Per fold: cut-offs and post-processing chosen on the other folds' cases; every case scored
-    plain (0.5, no post-processing), with the chosen cut-offs, and with both (`choose` False: plain
-    only)."""
+                     fractions: tuple[float, ...] = (), min_gain: float = 0.0, choose_too: bool = True) -> dict:
+    """Every case scored plain (cut at 0.5, no post-processing) and, with `choose_too`, with the
+    cut-offs chosen on the other folds' cases (`cutoffs`) and with those and the rules (`chosen`)."""
     import postprocessing
     from metrics import case_scores
-    from postprocessing import Postprocessing
 
     cases = {name: load_case(prob_dir / f"{name}.npz") for name in sorted(fold_of)}
     chosen, per_case = {}, {}
     for k in sorted(set(fold_of.values())):
         others = [cases[n] for n, f in fold_of.items() if f != k]
-        if not choose:
-            cutoffs, pp, record = None, None, None
-        elif others:
-            cutoffs = choose_cutoffs(others)
-            pp, record = postprocessing.select([(cut(c, cutoffs), c["labels"], c["spacing"]) for c in others],
-                                               candidates, fractions, min_gain)
-        else:          # one fold only: nothing to choose on
-            cutoffs, pp, record = {r: 0.5 for r in REGIONS3}, Postprocessing.none(), {"before": None, "after": None}
-        if choose:
-            chosen[str(k)] = {"cutoffs": cutoffs, "postprocessing": {r: v for r, v in pp.min_mm3.items() if v},
-                              "chosen_on": len(others), "oof_lesionwise_before": record["before"],
-                              "oof_lesionwise_after": record["after"]}
+        if choose_too and others:
+            cutoffs, pp, chosen[str(k)] = choose(others, candidates, fractions, min_gain)
             print(f"fold {k}: cut-offs {cutoffs}, post-processing {chosen[str(k)]['postprocessing'] or 'none'} "
                   f"(chosen on {len(others)} out-of-fold cases)", flush=True)
         for name in (n for n, f in fold_of.items() if f == k):
             case = cases[name]
             variants = {"plain": cut(case, {})}
-            if choose:
+            if str(k) in chosen:
                 variants["cutoffs"] = cut(case, cutoffs)
                 variants["chosen"] = postprocessing.apply(variants["cutoffs"], pp, case["spacing"])
             per_case[name] = {"fold": k}
