@@ -11,9 +11,10 @@ every unseen case of the fold is predicted again inside the box around the first
 tumour, and the second network's probabilities replace the first's there: for the tumour core and
 enhancing tumour (`core`), or for every region (`all`).
 
-The three variants (`stage1`, `core`, `all`) are scored as bench/oof.py scores real.py's runs: plain,
-and with the cut-offs and post-processing chosen on the other folds' cases. Writes `--out` (JSON:
-settings, minutes, per variant the means with 95 % intervals and per institution, per case).
+The three variants (`stage1`, `core`, `all`) are scored as bench/oof.py scores real.py's runs, cut at
+0.5 without post-processing (`plain_*`). Writes `--out` (JSON: settings, minutes, per variant the
+means with 95 % intervals and per institution, per case). `--score-only` scores what an earlier run
+left in `--work` (the folds it finished) without training.
 """
 
 from __future__ import annotations
@@ -73,10 +74,8 @@ def refine_fold(params, weights: Path, cases: list[str], stage1_probs: Path, out
         for variant, refined in VARIANTS.items():
             with torch.no_grad():
                 probs, box = refine(coarse, image, fine, first["regions"], refined, MARGIN, fine.spec.patch)
-            (out / variant).mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(out / variant / f"{case}.npz", probs=probs.numpy().astype(np.float32),
-                                regions=np.array(first["regions"]), labels=first["labels"],
-                                spacing=np.array(first["spacing"]))
+            oof.save_case(out / variant / f"{case}.npz", probs.numpy(), first["regions"], first["labels"],
+                          first["spacing"])
         print(f"{case}: refined in box {[(s.start, s.stop) for s in box] if box else None}", flush=True)
     return (time.time() - start) / max(len(cases), 1)
 
@@ -99,6 +98,8 @@ def main() -> None:
         ap.error(f"--stage1 {args.stage1}: not the work folder of a finished bench/real.py run "
                  "(it needs probabilities/ and folds/)")
 
+    if args.score_only and not (args.work / "params.yaml").is_file():
+        ap.error(f"--score-only: {args.work} holds no earlier bench/cascade.py run (no params.yaml)")
     if not args.score_only:
         shutil.rmtree(args.work, ignore_errors=True)
         args.work.mkdir(parents=True)
@@ -146,10 +147,9 @@ def main() -> None:
         scored.update(summarise({c: {k: v for k, v in s.items() if k != "fold"} for c, s in scored["per_case"].items()}))
         result["variants"][variant] = scored
         m, ci = scored["mean"], scored["ci95"]
-        for kind in ("plain",):
-            print(f"{variant:6s} {kind:6s} " + ", ".join(
-                f"{r} Dice {m[f'{kind}_dice_{r}']:.3f} ({ci[f'{kind}_dice_{r}'][0]}–{ci[f'{kind}_dice_{r}'][1]}) "
-                f"lesion-wise {m[f'{kind}_lesionwise_dice_{r}']:.3f}" for r in REGIONS))
+        print(f"{variant:6s} " + ", ".join(
+            f"{r} Dice {m[f'plain_dice_{r}']:.3f} ({ci[f'plain_dice_{r}'][0]}–{ci[f'plain_dice_{r}'][1]}) "
+            f"lesion-wise {m[f'plain_lesionwise_dice_{r}']:.3f}" for r in REGIONS))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}")

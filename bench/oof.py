@@ -58,10 +58,21 @@ def predict(params_file: Path, out: Path) -> None:
         image = open_case(paths.preprocessed_dir, case)[0].read()
         with torch.no_grad():
             probs = predictor.probs(image, native_shape(entry))
-        np.savez_compressed(out / f"{case}.npz", probs=probs.numpy().astype(np.float32),
-                            regions=np.array(regions), labels=native_labels(paths.preprocessed_dir, case, entry),
-                            spacing=np.array(entry["native_spacing_mm"], float))
+        save_case(out / f"{case}.npz", probs.numpy(), regions, native_labels(paths.preprocessed_dir, case, entry),
+                  entry["native_spacing_mm"])
         print(f"{case}: probabilities kept", flush=True)
+
+
+def save_case(path: Path, probs: np.ndarray, regions, labels: np.ndarray, spacing) -> None:
+    """One case's probabilities (float32: an undertrained network's values near 0.5 must cut as the
+    evaluate stage cuts them), region names, labels and voxel size; written whole or not at all."""
+    from files import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probs=probs.astype(np.float32), regions=np.array(regions), labels=labels,
+                                spacing=np.array(spacing, float))
+    atomic_write(path, write)
 
 
 def load_case(path: Path) -> dict:
