@@ -82,7 +82,7 @@ def pooled_verdict(best: list[float]) -> dict:
 
 def seed_hardness(p, seed: int, progress: bool = True) -> list[float]:
     """The best single-modality threshold IoU of every case one seed draws."""
-    return [case_hardness(*make_case(seed, patient, visit, p.grid, p.spacing_mm)[:2])
+    return [case_hardness(*make_case(seed, patient, visit, p.grid, p.spacing_mm, p.randomise)[:2])
             for patient, visit in tqdm(plan(p, seed), desc=f"seed {seed}", unit="case", leave=False,
                                        disable=not progress)]
 

@@ -45,7 +45,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))   # report.py, when this file is loaded as a module
+sys.path.append(str(ROOT / "bench"))   # report.py, when loaded as a module; after src/, which bench/inference.py must not shadow
 
 from errors import UserError, run_stage  # noqa: E402
 from params import apply_overrides, load_params  # noqa: E402

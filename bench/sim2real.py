@@ -4,6 +4,8 @@ real cases, and compare the real cases' statistics with the synthetic ones'.
     python bench/sim2real.py --data REAL_DIR [--weights models] [--synthetic data/synthetic]
                              [--out bench/results/sim2real.json] [--work /tmp/sim2real] [--plot FILE.png]
                              [--params params.yaml] [--no-score]
+    python bench/sim2real.py --data REAL_DIR --seeds 2024 1 2 --work /tmp/sim2real [-S key=value ...]
+                             [--development 2013 TCIA01 ...] [--reuse] [--out FILE]
 
 REAL_DIR: real cases with their labels, in any layout the pipeline reads (src/editions.py). Nothing is
 downloaded and nothing is fitted to them: they are read in place, only to measure.
@@ -24,12 +26,22 @@ label. Two more, on each case as preprocess prepares it at the 2 mm the default 
 texture (std of the high-pass, z minus its Gaussian blur of σ 1 voxel, inside the head eroded by 3
 voxels) of healthy tissue and of oedema, and the height profile (median z of healthy tissue in 8
 slabs of the head from bottom to top). `--plot` draws the per-modality intensity comparison.
+
+With `--seeds`, the model is not given but trained once per seed, as `dvc repro` trains the default
+(synthesize, preprocess, train and postprocess in WORK/seed-S, a copy of `src/` and params.yaml with
+the committed tuned optimizer values, then the `-S` overrides): each seed S sets `base.seed` (the
+synthetic set and its split) and `train.seed` (initial weights, patches). Every seed's model is scored
+as above; the result adds the mean ± sd over the seeds' means, the seed-averaged per-case scores with
+their interval and per-institution means (bench/report.py's pool), and, when `--development` names
+institutions, the same split in two: the institutions generator candidates are chosen on, and the rest,
+which confirm. `--reuse` keeps a seed whose model a former run into the same WORK finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -40,13 +52,17 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))   # report.py, when this file is loaded as a module
+sys.path.append(str(ROOT / "bench"))   # report.py, when loaded as a module; after src/, which bench/inference.py must not shadow
 
 from brats import MODALITIES  # noqa: E402
 from editions import find_cases  # noqa: E402
+from files import write_json  # noqa: E402
 from nifti import read_case  # noqa: E402
+from params import load_params  # noqa: E402
 from prepare import prepare, zscore  # noqa: E402
+from report import institution, pool  # noqa: E402
 from report import summarise as summarise_scores  # noqa: E402
+import real  # noqa: E402
 
 TARGETS = {"WT dice": 0.75, "TC dice": 0.65, "min case WT dice": 0.40}
 TISSUES = ("healthy", "SNFH", "ET", "NETC")
@@ -168,14 +184,68 @@ def score(data: Path, weights: Path, work: Path, params: Path) -> dict:
                         for k, v in reached.items()}}
 
 
-def plot(real: dict[str, dict], synthetic: dict[str, dict], path: Path) -> None:
+def train_seed(work: Path, seed: int, overrides: dict, reuse: bool) -> tuple[Path, float]:
+    """The default pipeline's model for one seed, trained in WORK/seed-S; the model folder and minutes."""
+    folder = work / f"seed-{seed}"
+    done = folder / "trained"
+    if reuse and done.exists():
+        return folder, 0.0
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    real.checkout(folder, {**real.QUIET, **overrides, "base.seed": seed, "train.seed": seed})
+    load_params(folder / "params.yaml")           # checks the overrides before any work
+    if (ROOT / "tune").is_dir():                  # lr etc. `tuned`: the committed tune stage's values
+        shutil.copytree(ROOT / "tune", folder / "tune")
+    minutes = sum(real.run([sys.executable, f"src/{stage}.py"], folder, work / "bench.log")
+                  for stage in ("synthesize", "preprocess", "train", "postprocess"))
+    done.write_text(f"{minutes:.2f}\n")
+    return folder, minutes
+
+
+def split_by_institution(per_case: dict[str, dict], development: list[str]) -> dict:
+    """summarise() of the development institutions' cases and of the rest's."""
+    dev = {c: s for c, s in per_case.items() if institution(c) in development}
+    rest = {c: s for c, s in per_case.items() if institution(c) not in development}
+    return {"institutions": sorted(development),
+            "development": summarise_scores(dev) if dev else None,
+            "confirmation": summarise_scores(rest) if rest else None}
+
+
+def seeds(args: argparse.Namespace) -> dict:
+    """Train and score the default pipeline's model once per seed; pooled figures."""
+    overrides = dict(args.overrides)
+    runs, minutes = {}, {}
+    for seed in args.seeds:
+        folder, minutes[seed] = train_seed(args.work, seed, overrides, args.reuse)
+        print(f"seed {seed}: trained in {minutes[seed]:.1f} min; scoring on {args.data}")
+        scored = score(args.data, folder / "models", folder, folder / "params.yaml")
+        runs[str(seed)] = {c: {k: v for k, v in s.items()} for c, s in scored["per_case"].items()}
+        write_json(args.work / f"seed-{seed}" / "score.json", scored)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scored["mean"].items()
+                                           if k in ("dice_WT", "dice_TC", "dice_ET")))
+    pooled = pool(runs)
+    averaged = {c: {k: float(np.mean([runs[s][c][k] for s in runs])) for k in runs[str(args.seeds[0])][c]}
+                for c in runs[str(args.seeds[0])]}
+    out = {"seeds": args.seeds, "overrides": overrides, "train_minutes": minutes, **pooled}
+    if args.development:
+        out["split"] = split_by_institution(averaged, args.development)
+        for part in ("development", "confirmation"):
+            seed_means = [float(np.mean([runs[s][c]["dice_WT"] for c in runs[s]
+                                         if (institution(c) in args.development) == (part == "development")]))
+                          for s in runs]
+            if out["split"][part]:
+                out["split"][part]["seed_means_dice_WT"] = [round(m, 4) for m in seed_means]
+    return out
+
+
+def plot(real_cases: dict[str, dict], synthetic: dict[str, dict], path: Path) -> None:
     """Per modality: the per-case median z-score of each tissue, real beside synthetic."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(MODALITIES), figsize=(4 * len(MODALITIES), 3.5), sharey=True)
     for ax, name in zip(axes, MODALITIES):
-        for offset, (label, cases, colour) in enumerate((("real", real, "tab:blue"),
+        for offset, (label, cases, colour) in enumerate((("real", real_cases, "tab:blue"),
                                                          ("synthetic", synthetic, "tab:orange"))):
             data = [[c["intensity_z"][name][t][1] for c in cases.values() if c["intensity_z"][name][t] is not None]
                     for t in TISSUES]
@@ -207,7 +277,37 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml",
                     help="params.yaml whose evaluate section sets the inference (default: the repository's)")
     ap.add_argument("--no-score", dest="score", action="store_false", help="statistics only")
+    ap.add_argument("--seeds", type=int, nargs="+", help="train the default pipeline's model once per seed "
+                    "(base.seed and train.seed) in WORK/seed-S, instead of scoring --weights")
+    ap.add_argument("-S", dest="overrides", type=real.parse_override, action="append", default=[],
+                    help="with --seeds: params override for training, as dvc exp run -S takes it (repeatable)")
+    ap.add_argument("--development", nargs="+", default=[],
+                    help="with --seeds: institutions (2013, CBICA, TCIA01 ...) candidates are chosen on; "
+                    "the rest confirm")
+    ap.add_argument("--reuse", action="store_true", help="with --seeds: keep seeds a former run into WORK trained")
     args = ap.parse_args()
+    if args.seeds:
+        if not args.data.is_dir():
+            ap.error(f"--data {args.data}: not a folder")
+        if args.work is None:
+            ap.error("--seeds needs --work (a folder for each seed's pipeline)")
+        args.work.mkdir(parents=True, exist_ok=True)
+        result = {"data": str(args.data), **seeds(args)}
+        write_json(args.out, result)
+        for k, m in result["seed_mean"].items():
+            if k.startswith("dice_") and k[5:] in ("WT", "TC", "ET"):
+                ci = result["pooled"]["ci95"][k]
+                print(f"{k}: {m:.3f} ± {result['seed_sd'][k] or 0:.3f} over {len(args.seeds)} seeds; "
+                      f"seed-averaged cases {ci[0]:.3f}–{ci[1]:.3f}")
+        for site, f in result["pooled"]["institutions"].items():
+            print(f"  {site} ({f['cases']} cases): WT Dice {f['dice_WT']:.3f}, TC {f['dice_TC']:.3f}, ET {f['dice_ET']:.3f}")
+        for part in ("development", "confirmation"):
+            figures = (result.get("split") or {}).get(part)
+            if figures:
+                print(f"{part}: WT Dice {figures['mean']['dice_WT']:.3f} ({figures['ci95']['dice_WT']}), "
+                      f"TC {figures['mean']['dice_TC']:.3f}, per seed WT {figures['seed_means_dice_WT']}")
+        print(f"wrote {args.out}")
+        return
     for folder in (args.data, args.synthetic):
         if not folder.is_dir():
             raise SystemExit(f"error: {folder} is not a folder")
@@ -219,12 +319,12 @@ def main() -> None:
             saved = read(weights_in(args.weights)[0])
             result["weights_spacing_mm"] = saved["inference"]["spacing_mm"]
             result["score"] = score(args.data, args.weights, work, args.params)
-    real, synthetic = statistics_of(args.data), statistics_of(args.synthetic)
-    result["statistics"] = {"real": summarise(real), "synthetic": summarise(synthetic),
-                            "cases": {"real": len(real), "synthetic": len(synthetic)}}
-    result["per_case_statistics"] = {"real": real, "synthetic": synthetic}
+    real_stats, synthetic = statistics_of(args.data), statistics_of(args.synthetic)
+    result["statistics"] = {"real": summarise(real_stats), "synthetic": summarise(synthetic),
+                            "cases": {"real": len(real_stats), "synthetic": len(synthetic)}}
+    result["per_case_statistics"] = {"real": real_stats, "synthetic": synthetic}
     if args.plot:
-        plot(real, synthetic, args.plot)
+        plot(real_stats, synthetic, args.plot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"{'statistic':<24}{'real (q25 / median / q75)':>34}{'synthetic':>34}")

@@ -65,12 +65,24 @@ class PathsParams:
 
 
 @dataclass(frozen=True)
+class RandomiseParams:
+    """Domain randomisation of the synthetic images (SynthSeg's idea): what the network must not rely
+    on, drawn per image. 0 switches a draw off, and then nothing is drawn for it."""
+    contrast: float = _num(0.0, 1.0)     # share of images whose tissue signals are drawn uniformly, in any order
+    resolution: float = _num(0.0, 1.0)   # share of images acquired coarser (3D or thick 2D slices) and resampled back
+    bias: float = _num(0.0, 2.0)         # extra bias field: std of its log, drawn uniformly up to this
+    gamma: float = _num(0.0, 2.0)        # intensity non-linearity: (x / max) ** exp(N(0, gamma))
+    noise: float = _num(0.0, 0.5)        # extra noise: std drawn uniformly up to this share of the signal
+
+
+@dataclass(frozen=True)
 class SynthesizeParams:
     patients: int = _num(1, 99999)
     visits: int = _num(1, 10)          # each patient gets 1..visits visits
     grid: tuple[int, int, int] = _num(16, 512)
     spacing_mm: float = _num(0.5, 4.0)
     workers: int = _num(1, 256)        # processes; the files do not depend on it
+    randomise: RandomiseParams = field(default_factory=lambda: RandomiseParams(0.0, 0.0, 0.0, 0.0, 0.0))
 
 
 Spacing = tuple[float, float, float]

@@ -33,7 +33,7 @@ from errors import run_stage
 from files import atomic_folder
 from nifti import write_nifti
 from parallel import run_each
-from params import SynthesizeParams, load_params
+from params import RandomiseParams, SynthesizeParams, load_params
 
 # Typical signal of each tissue in (t1n, t1c, t2w, t2f), relative to white matter on T1 ~ 0.85. The
 # tumour's are set so that, z-scored over the head, they sit where 20 real BraTS 2018 cases put them
@@ -69,6 +69,7 @@ DEEP_GREY = (((11.0, 0.0, -12.0), (8.0, 14.0, 9.0)),     # thalamus
 # (Menze et al. 2015, Bakas et al. 2017): T1 sagittal or axial 2D, 1-6 mm; T1c a 3D 1 mm acquisition;
 # T2 and FLAIR 2D, 2-6 mm slices.
 THICK_SLICES = {"t1n": 0.5, "t1c": 0.2, "t2w": 0.7, "t2f": 0.7}
+NO_RANDOMISATION = RandomiseParams(contrast=0.0, resolution=0.0, bias=0.0, gamma=0.0, noise=0.0)
 # World position (mm) of voxel (0, 0, 0) in FSL's MNI152 templates, at 1 mm and at 2 mm alike.
 MNI_CORNER_MM = (90.0, -126.0, -72.0)
 
@@ -275,16 +276,54 @@ def case_signal(rng: np.random.Generator) -> np.ndarray:
     return base * np.exp(spread * rng.standard_normal(base.shape))
 
 
+def wild_contrast(rng: np.random.Generator) -> np.ndarray:
+    """(T,) signal of every tissue in one image, each drawn uniformly from 0.05-1.2: any order of the
+    tissues, so that only shape and context tell them apart (SynthSeg's contrast draw)."""
+    return rng.uniform(0.05, 1.2, len(TISSUES))
+
+
+def acquire(volume: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
+    """`volume` as a scanner with coarser voxels would have acquired it, resampled back to its grid:
+    half the time a 3D acquisition (isotropic voxels of 1-4 mm), half the time 2D thick slices (3-8
+    mm, along a random axis, 1-1.5 mm in plane). Each axis whose voxel is larger than `spacing` is
+    blurred by the voxel's profile (Gaussian, σ 0.35 voxel widths), sampled at the coarse voxels and
+    interpolated back linearly."""
+    if rng.random() < 0.5:
+        voxel = np.full(3, rng.uniform(1.0, 4.0))
+    else:
+        voxel = np.full(3, rng.uniform(1.0, 1.5))
+        voxel[int(rng.integers(3))] = rng.uniform(3.0, 8.0)
+    factor = np.maximum(voxel / spacing, 1.0)
+    if np.all(factor == 1.0):
+        return volume
+    blurred = ndimage.gaussian_filter(volume, 0.35 * np.where(factor > 1.0, factor, 0.0))
+    coarse_shape = np.maximum(np.rint(np.array(volume.shape) / factor), 2)
+    coarse = ndimage.zoom(blurred, coarse_shape / np.array(volume.shape), order=1, grid_mode=True, mode="nearest")
+    back = ndimage.zoom(coarse, np.array(volume.shape) / np.array(coarse.shape), order=1, grid_mode=True,
+                        mode="nearest")
+    return back[tuple(slice(0, n) for n in volume.shape)]
+
+
 def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, grid: tuple[int, int, int],
-           spacing: float, xyz: list[np.ndarray]) -> np.ndarray:
+           spacing: float, xyz: list[np.ndarray], randomise: RandomiseParams | None = None,
+           wild: np.random.Generator | None = None) -> np.ndarray:
     """(4, X, Y, Z) float32 images: each case's own tissue signal, uneven inside the tumour, then what
     differs from scanner to scanner, drawn per modality: texture (weaker inside the tumour), bias
     field (strength, a top-to-bottom gradient and, on FLAIR, a change toward the skull base), noise
     level, thick slices (blur along one axis, as often as BraTS' protocols acquire that modality in 2D:
-    THICK_SLICES) and gain."""
+    THICK_SLICES) and gain.
+
+    `randomise` adds SynthSeg-style draws from their own generator `wild`, so that the draws above
+    stay the same with it on or off: per image, with probability `contrast`, every tissue's signal
+    drawn uniformly from 0.05-1.2 (any order, contrasts no scanner has); with probability
+    `resolution`, a coarser acquisition (`acquire`); a further bias field, noise and a power-law
+    intensity non-linearity, each up to its param. A param of 0 draws nothing."""
+    r = randomise or NO_RANDOMISATION
     signal = case_signal(rng)
     images = np.zeros((len(MODALITIES), *grid), np.float32)
     for m in range(len(MODALITIES)):
+        if r.contrast and wild.random() < r.contrast:
+            signal[:, m] = wild_contrast(wild)
         clean = np.tensordot(signal[:, m], fractions, axes=1)
         # tumour tissue is uneven, in each modality its own way: real oedema's FLAIR quartiles lie
         # about twice as far apart as a uniform tissue's would (bench/results/sim2real.json)
@@ -301,11 +340,21 @@ def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, g
             # healthy tissue there is not brighter than mid-brain on the whole (bench/sim2real.py's profile)
             gradient = gradient + rng.uniform(-0.3, 0.2) * np.clip((-xyz[2] - 20.0) / 40.0, 0.0, 1.0)
         clean *= np.exp(rng.uniform(0.05, 0.2) * smooth_noise(rng, grid, spacing, 90.0) + gradient)
+        if r.bias:
+            clean *= np.exp(wild.uniform(0.0, r.bias) * smooth_noise(wild, grid, spacing, 60.0))
         if rng.random() < THICK_SLICES[MODALITIES[m]]:
             clean = ndimage.gaussian_filter1d(clean, rng.uniform(1.0, 2.5) / spacing, axis=int(rng.integers(3)))
+        if r.resolution and wild.random() < r.resolution:
+            clean = acquire(clean, spacing, wild)
         sigma = rng.uniform(0.02, 0.05)
         noisy = np.hypot(clean + sigma * rng.standard_normal(grid),
                          sigma * rng.standard_normal(grid))
+        if r.noise:
+            extra = wild.uniform(0.0, r.noise)
+            noisy = np.hypot(noisy + extra * wild.standard_normal(grid), extra * wild.standard_normal(grid))
+        if r.gamma:
+            top = noisy[brain].max()
+            noisy = top * (noisy / top) ** np.exp(wild.normal(0.0, r.gamma))
         gain = rng.uniform(300.0, 1500.0)
         # Integer-valued intensities, as scanners write; also keeps files identical across CPUs.
         images[m] = np.where(brain, np.maximum(np.rint(noisy * gain), 1.0), 0.0)
@@ -313,8 +362,9 @@ def render(rng: np.random.Generator, fractions: np.ndarray, brain: np.ndarray, g
 
 
 def make_case(seed: int, patient: int, visit_index: int, grid: tuple[int, int, int],
-              spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images (4, X, Y, Z) float32, labels (X, Y, Z) uint8 and affine of one synthetic case."""
+              spacing: float, randomise: RandomiseParams | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (4, X, Y, Z) float32, labels (X, Y, Z) uint8 and affine of one synthetic case;
+    `randomise` (render's) changes the images only: the anatomy and labels stay the same."""
     patient_rng = np.random.default_rng([seed, patient])
     xyz = coordinates(grid, spacing)
     brain, tissue, brain_r = anatomy(patient_rng, grid, spacing, xyz)
@@ -338,7 +388,8 @@ def make_case(seed: int, patient: int, visit_index: int, grid: tuple[int, int, i
             inside *= oedema_strength
         fractions[:3] *= 1 - np.clip(inside, 0, 1)
         fractions[TISSUE_INDEX[name]] = inside
-    return render(visit_rng, fractions, brain, grid, spacing, xyz), labels, mni_affine(spacing)
+    wild = np.random.default_rng([seed, patient, visit_index + 1, 11])
+    return render(visit_rng, fractions, brain, grid, spacing, xyz, randomise, wild), labels, mni_affine(spacing)
 
 
 def plan(params: SynthesizeParams, seed: int) -> list[tuple[int, int]]:
@@ -351,7 +402,7 @@ def plan(params: SynthesizeParams, seed: int) -> list[tuple[int, int]]:
 def write_case(out_dir: Path, seed: int, patient: int, visit_index: int, params: SynthesizeParams) -> str:
     """Make one case and move its folder into place only once every file is written."""
     name = case_id(patient, 100 + visit_index)
-    images, labels, affine = make_case(seed, patient, visit_index, params.grid, params.spacing_mm)
+    images, labels, affine = make_case(seed, patient, visit_index, params.grid, params.spacing_mm, params.randomise)
     with atomic_folder(out_dir / name) as tmp:
         for m, mod in enumerate(MODALITIES):
             write_nifti(tmp / f"{name}-{mod}.nii.gz", images[m], affine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from helpers import ROOT, bench_module
 
@@ -311,3 +313,95 @@ def test_institutions_are_held_out_whole_and_the_folds_balanced():
     assert folds == [sorted(cases[:4]), sorted(cases[4:7]), sorted(cases[7:])]
     with pytest.raises(real.UserError, match="4 institution"):
         real.fold_institutions({c: c for c in cases}, 5)
+
+
+def test_finetune_subsets_are_nested_disjoint_from_the_unseen_and_grouped_by_patient():
+    finetune = bench_module("finetune")
+    patients = {f"case-{i}-{v}": f"p{i}" for i in range(10) for v in range(1 + i % 2)}   # some with two visits
+    unseen, training = finetune.subsets(patients, [2, 4, 6], 3, 2024)
+    assert len({patients[c] for c in unseen}) == 3
+    assert set(training[2]) <= set(training[4]) <= set(training[6])
+    assert [len({patients[c] for c in training[n]}) for n in (2, 4, 6)] == [2, 4, 6]
+    assert not set(training[6]) & set(unseen)
+    for group in (unseen, *training.values()):          # a patient's visits never split
+        assert all(c in group for c in patients if patients[c] in {patients[g] for g in group})
+    assert finetune.subsets(patients, [2, 4, 6], 3, 2024) == (unseen, training)     # seeded
+    with pytest.raises(finetune.UserError, match="need 11 patients; the data hold 10"):
+        finetune.subsets(patients, [8], 3, 2024)
+
+
+@pytest.mark.slow
+def test_finetune_curve_trains_both_starts_and_scores_the_same_unseen_cases(tmp_path, tiny_data, tiny_params):
+    """bench/finetune.py on the tiny synthetic cases (in place of real ones): every size trained from the
+    given weights and from random ones, the same unseen cases scored by each run, the paired difference
+    of the two starts computed from those per-case scores."""
+    import train
+    from helpers import ADAM, TINY
+    start = tiny_params()
+    train.train(start)
+    init = start.paths.models_dir / "folds" / "fold_0" / "model.pt"
+    keys = {k: v for k, v in {**TINY, **ADAM}.items() if k.split(".")[0] in ("model", "train", "lr", "weight_decay",
+                                                                              "beta1", "beta2") and k != "train.epochs"}
+    overrides = [f"-S{k}={json.dumps(v)}" for k, v in {**keys, "preprocess.spacing_mm": 5.0,
+                                                       "evaluate.mirror": False}.items()]
+    out = tmp_path / "finetune.json"
+    done = subprocess.run([sys.executable, "bench/finetune.py", "--data", str(tiny_data / "data" / "synthetic"),
+                           "--init", str(init), "--sizes", "1", "3", "--test", "2", "--epochs", "1",
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--plot", str(tmp_path / "curve.png"),
+                           *overrides], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["sizes"] == [1, 3] and len(result["unseen"]) == 2
+    assert set(result["training"]["1"]) < set(result["training"]["3"]) and not set(result["training"]["3"]) & set(result["unseen"])
+    runs = tmp_path / "work" / "runs"
+    for n in ("1", "3"):
+        scored = {}
+        for s in ("synthetic", "random"):
+            saved = torch.load(runs / f"{n}-{s}-2024" / "models" / "folds" / "fold_0" / "model.pt", weights_only=True)
+            assert (saved["provenance"]["init_weights"] or {}).get("path") == (str(init) if s == "synthetic" else None)
+            with open(runs / f"{n}-{s}-2024" / "metrics" / "evaluate_cases.csv") as f:
+                rows = {r["case"]: float(r["dice_WT"]) for r in csv.DictReader(f)}
+            assert sorted(rows) == result["unseen"]
+            assert result["curve"][n][s]["mean"]["dice_WT"] == pytest.approx(np.mean(list(rows.values())), abs=1e-4)
+            scored[s] = rows
+        change = np.mean([scored["synthetic"][c] - scored["random"][c] for c in result["unseen"]])
+        assert result["curve"][n]["synthetic_minus_random"]["dice_WT"]["change"] == pytest.approx(change, abs=1e-4)
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
+    """bench/sim2real.py --seeds: the default pipeline trained per seed (its own synthetic set), each
+    model scored on the same labelled cases, and the pooled figures those scores give."""
+    from helpers import ADAM, TINY
+    cases = tiny_data / "data" / "synthetic"
+    overrides = [f"-S{k}={json.dumps(v)}" for k, v in {**TINY, **ADAM, "evaluate.mirror": False,
+                                                       "train.val_every": 2}.items()]
+    out = tmp_path / "seeds.json"
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--seeds", "3", "4",
+                           "--work", str(tmp_path / "work"), "--development", "all", "--out", str(out), *overrides],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    names = sorted(p.name for p in cases.iterdir())
+    per_seed = {}
+    for seed in (3, 4):
+        folder = tmp_path / "work" / f"seed-{seed}"
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        assert params["base"]["seed"] == seed and params["train"]["seed"] == seed
+        per_seed[seed] = json.loads((folder / "score.json").read_text())["per_case"]
+        assert sorted(per_seed[seed]) == names
+        assert result["per_run"][str(seed)]["dice_WT"] == pytest.approx(
+            np.mean([per_seed[seed][c]["dice_WT"] for c in names]), abs=1e-4)
+    # each seed drew its own synthetic set
+    first = [sorted((tmp_path / "work" / f"seed-{s}" / "data" / "synthetic").rglob("*-t1c.nii.gz"))[0] for s in (3, 4)]
+    assert first[0].read_bytes() != first[1].read_bytes()
+    wt = [np.mean([per_seed[s][c]["dice_WT"] for s in (3, 4)]) for c in names]
+    assert result["pooled"]["mean"]["dice_WT"] == pytest.approx(np.mean(wt), abs=1e-4)
+    assert result["split"]["development"]["mean"]["dice_WT"] == pytest.approx(np.mean(wt), abs=1e-4)
+    assert result["split"]["confirmation"] is None
+    # --reuse scores the trained seeds again without training them
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--seeds", "3", "--reuse",
+                           "--work", str(tmp_path / "work"), "--out", str(out), *overrides],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(out.read_text())["train_minutes"] == {"3": 0.0}

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from brats import CASE_PATTERN, MODALITIES, REGIONS, patient_of
-from params import SynthesizeParams
+from params import RandomiseParams, SynthesizeParams
 from prepare import zscore
 from scipy import ndimage
 
-from helpers import bench_module
+from helpers import ROOT, bench_module
 from synthesize import DEEP_GREY, anatomy, coordinates, make_case, mni_affine, plan, synthesize
 
 
@@ -255,3 +255,82 @@ def test_patient_of_case_ids():
     assert patient_of("BraTS-GLI-00012-101") == "BraTS-GLI-00012"
     with pytest.raises(ValueError):
         patient_of("BraTS-GLI-12-101")
+
+
+# --- domain randomisation (synthesize.randomise) ---
+
+class NoDraws:
+    """A random generator that fails the test when anything is drawn from it."""
+    def __getattr__(self, name):
+        raise AssertionError(f"randomisation drew {name}() although every synthesize.randomise param is 0")
+
+
+def test_randomisation_off_draws_nothing_and_on_changes_only_the_images(monkeypatch):
+    import synthesize as synth
+    grid, spacing = TINY.grid, TINY.spacing_mm
+    base = make_case(5, 1, 0, grid, spacing)
+    # off: the generator of the randomisation is never touched
+    real_rng = np.random.default_rng
+
+    def guarded(seed):
+        return NoDraws() if list(seed)[-1:] == [11] else real_rng(seed)
+    monkeypatch.setattr(synth.np.random, "default_rng", guarded)
+    off = make_case(5, 1, 0, grid, spacing, RandomiseParams(0.0, 0.0, 0.0, 0.0, 0.0))
+    monkeypatch.undo()
+    assert np.array_equal(off[0], base[0]) and np.array_equal(off[1], base[1])
+    # each draw on its own: same labels, other images; the images inside the brain only
+    brain = base[0][0] > 0
+    for name in ("contrast", "resolution", "bias", "gamma", "noise"):
+        values = {"contrast": 0.0, "resolution": 0.0, "bias": 0.0, "gamma": 0.0, "noise": 0.0}
+        values[name] = 1.0 if name in ("contrast", "resolution") else 0.5
+        images, labels, _ = make_case(5, 1, 0, grid, spacing, RandomiseParams(**values))
+        assert np.array_equal(labels, base[1]), name
+        assert not np.array_equal(images, base[0]), name
+        assert np.all(images[:, ~brain] == 0) and np.all(images[:, brain] >= 1), name
+
+
+def test_wild_contrast_draws_every_tissue_in_its_range_and_in_any_order():
+    from synthesize import TISSUES, TISSUE_SIGNAL, wild_contrast
+    rng = np.random.default_rng(0)
+    draws = np.stack([wild_contrast(rng) for _ in range(400)])
+    assert draws.shape == (400, len(TISSUES))
+    assert draws.min() >= 0.05 and draws.max() <= 1.2
+    assert draws.min() < 0.08 and draws.max() > 1.15           # the whole range is used
+    wm, csf = TISSUES.index("wm"), TISSUES.index("csf")
+    # the fitted T1n contrast has white matter far brighter than CSF; wild draws invert it about half the time
+    assert TISSUE_SIGNAL["wm"][0] > TISSUE_SIGNAL["csf"][0]
+    assert 0.4 < np.mean(draws[:, csf] > draws[:, wm]) < 0.6
+
+
+def test_acquire_blurs_along_the_coarse_axes_only_and_keeps_the_grid():
+    """Stripes 1 voxel wide at 2 mm, one volume per axis, each acquired with the same draw: an axis
+    acquired with voxels larger than 2 mm loses its stripes, the others keep them exactly; a constant
+    stays constant."""
+    from synthesize import acquire
+    grid = (24, 26, 22)
+    stripes = [np.broadcast_to((np.arange(n) % 2).reshape([-1 if a == axis else 1 for a in range(3)]), grid) * 1.0
+               for axis, n in enumerate(grid)]
+    seen = {"none": 0, "one axis": 0, "all axes": 0}
+    for seed in range(40):
+        np.testing.assert_allclose(acquire(np.full(grid, 3.0), 2.0, np.random.default_rng(seed)), 3.0, atol=1e-9)
+        lost = []
+        for axis in range(3):
+            out = acquire(stripes[axis], 2.0, np.random.default_rng(seed))
+            assert out.shape == grid
+            if np.allclose(out, stripes[axis], atol=1e-9):
+                lost.append(False)
+            else:
+                inner = out[2:-2, 2:-2, 2:-2]
+                assert np.abs(np.diff(inner, axis=axis)).mean() < 0.5      # the stripes are gone, not just moved
+                lost.append(True)
+        assert sum(lost) in (0, 1, 3), lost
+        seen[{0: "none", 1: "one axis", 3: "all axes"}[sum(lost)]] += 1
+    assert all(seen.values()), seen           # 3D finer than the grid, thick slices, coarse 3D all drawn
+
+
+def test_randomise_params_are_checked():
+    from params import ParamsError, load_params
+    with pytest.raises(ParamsError, match=r"synthesize\.randomise\.contrast: 1\.5 is out of range"):
+        load_params(ROOT / "params.yaml", {"synthesize.randomise.contrast": 1.5})
+    with pytest.raises(ParamsError, match=r"unknown key synthesize\.randomise\.blur"):
+        load_params(ROOT / "params.yaml", {"synthesize.randomise.blur": 0.1})
