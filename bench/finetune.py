@@ -3,7 +3,7 @@ fine-tuning curve, against a random start given the same training.
 
     python bench/finetune.py --data REAL_DIR --init WEIGHTS [--sizes 3 6 12] [--test 8] [--epochs 20]
                              [--seeds 2024] [--work /tmp/brats-finetune] [--out bench/results/finetune.json]
-                             [--plot FILE.png] [-S key=value ...]
+                             [--plot FILE.png] [--reuse] [-S key=value ...]
 
 The real cases' patients are shuffled (seeded by `base.seed`): the first `--test` patients' cases are
 the unseen set that every run is scored on; of the rest, the first n train (n in `--sizes`, so each
@@ -17,7 +17,8 @@ The unseen cases are scored by the evaluate stage on their own grid (Dice and le
 TC and ET, post-processed); each figure comes with its 95 % interval over those cases and per
 institution, and per size the paired difference synthetic start − random start (src/stats.py, with
 the spread over `--seeds` training seeds when more than one is given). `--plot` draws the curve.
-Nothing is downloaded; the real cases are read in place.
+`--reuse` keeps the work folder, its preprocessed cases and every run a former call finished (more
+seeds for one size, say). Nothing is downloaded; the real cases are read in place.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def subsets(patients: dict[str, str], sizes: list[int], test: int, seed: int) ->
     return cases_of(order[:test]), {n: cases_of(order[test:test + n]) for n in sizes}
 
 
-def train_one(work: Path, raw: dict, split: dict, name: str, init: str, train_seed: int, log: Path) -> tuple[dict, float]:
-    """Train, choose the post-processing and evaluate one run in WORK/runs/NAME; per-case scores, minutes."""
+def train_one(work: Path, raw: dict, split: dict, name: str, init: str, train_seed: int, log: Path,
+              reuse: bool = False) -> tuple[dict, float]:
+    """Train, choose the post-processing and evaluate one run in WORK/runs/NAME; per-case scores, minutes
+    (0 for a run kept with `reuse`)."""
     folder = work / "runs" / name
+    if reuse and (folder / "metrics" / "evaluate_cases.csv").exists():
+        return real.fold_scores(folder / "metrics"), 0.0
     paths = {f"paths.{key}": str(folder / value) for key, value in (
         ("models_dir", "models"), ("metrics_dir", "metrics"), ("predictions_dir", "predictions"),
         ("live_dir", "dvclive"), ("resume_dir", "checkpoints"), ("model_card", "MODEL_CARD.md"))}
@@ -108,6 +113,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/brats-finetune"), help="work folder (replaced)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "finetune.json")
     ap.add_argument("--plot", type=Path, help="PNG of the curve")
+    ap.add_argument("--reuse", action="store_true", help="keep the work folder and the runs it finished")
     ap.add_argument("-S", dest="overrides", type=real.parse_override, action="append", default=[],
                     help="params override, as dvc exp run -S takes it (repeatable)")
     args = ap.parse_args()
@@ -120,15 +126,17 @@ def main() -> None:
     sizes = sorted(set(args.sizes))
 
     import shutil
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
+    if not args.reuse:
+        shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "bench.log"
     overrides = {**real.CPU_RECIPE, **real.QUIET, "paths.raw_dir": str(args.data.resolve()),
                  "train.epochs": args.epochs, "train.val_every": args.epochs, **dict(args.overrides)}
     raw = real.checkout(args.work, overrides)
     params = load_params(args.work / "params.yaml")       # checks the overrides before any work
     started = time.time()
-    real.run([sys.executable, "src/preprocess.py"], args.work, log)
+    if not (args.reuse and (params.paths.preprocessed_dir / "manifest.json").exists()):
+        real.run([sys.executable, "src/preprocess.py"], args.work, log)
     manifest = json.loads((params.paths.preprocessed_dir / "manifest.json").read_text())
     patients = {c: e["patient"] for c, e in manifest["cases"].items()}
     unseen, training = subsets(patients, sizes, args.test, params.base.seed)
@@ -144,7 +152,8 @@ def main() -> None:
             for start in STARTS:
                 name = f"{n}-{start}-{seed}"
                 per_case, minutes[name] = train_one(args.work, raw, split, name,
-                                                    str(args.init.resolve()) if start == "synthetic" else "", seed, log)
+                                                    str(args.init.resolve()) if start == "synthetic" else "", seed, log,
+                                                    args.reuse)
                 scores[n][start].append(per_case)
                 print(f"{n} cases, {start} start, seed {seed}: {minutes[name]:.1f} min; " + ", ".join(
                     f"{r} Dice {np.mean([s[f'dice_{r}'] for s in per_case.values()]):.3f}" for r in REGIONS))

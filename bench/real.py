@@ -127,7 +127,7 @@ def fold_split(patients: dict[str, str], folds: list[list[str]], k: int, params)
 
 def checkout(folder: Path, overrides: dict) -> dict:
     """src/ and params.yaml (with `overrides`) in `folder`, as a clone would have them; the raw params."""
-    shutil.copytree(ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     raw = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw

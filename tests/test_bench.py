@@ -367,6 +367,15 @@ def test_finetune_curve_trains_both_starts_and_scores_the_same_unseen_cases(tmp_
         change = np.mean([scored["synthetic"][c] - scored["random"][c] for c in result["unseen"]])
         assert result["curve"][n]["synthetic_minus_random"]["dice_WT"]["change"] == pytest.approx(change, abs=1e-4)
     assert (tmp_path / "curve.png").stat().st_size > 0
+    # --reuse: the finished runs are kept, not trained again, and score the same
+    done = subprocess.run([sys.executable, "bench/finetune.py", "--data", str(tiny_data / "data" / "synthetic"),
+                           "--init", str(init), "--sizes", "3", "--test", "2", "--epochs", "1", "--reuse",
+                           "--work", str(tmp_path / "work"), "--out", str(out), *overrides],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = json.loads(out.read_text())
+    assert again["minutes"] == {"3-synthetic-2024": 0.0, "3-random-2024": 0.0}
+    assert again["curve"]["3"] == result["curve"]["3"]
 
 
 @pytest.mark.slow
