@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -125,7 +126,6 @@ def main() -> None:
         ap.error("--sizes, --test and --epochs must be 1 or more")
     sizes = sorted(set(args.sizes))
 
-    import shutil
     if not args.reuse:
         shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,7 @@ def seeds(args: argparse.Namespace) -> dict:
         folder, minutes[seed] = train_seed(args.work, seed, overrides, args.reuse)
         print(f"seed {seed}: trained in {minutes[seed]:.1f} min; scoring on {args.data}")
         scored = score(args.data, folder / "models", folder, folder / "params.yaml")
-        runs[str(seed)] = {c: {k: v for k, v in s.items()} for c, s in scored["per_case"].items()}
+        runs[str(seed)] = scored["per_case"]
         write_json(args.work / f"seed-{seed}" / "score.json", scored)
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scored["mean"].items()
                                            if k in ("dice_WT", "dice_TC", "dice_ET")))
@@ -291,6 +291,11 @@ def main() -> None:
             ap.error(f"--data {args.data}: not a folder")
         if args.work is None:
             ap.error("--seeds needs --work (a folder for each seed's pipeline)")
+        sites = {institution(c.name) for c in find_cases(args.data, "give a folder of cases with labels").cases}
+        unknown = sorted(set(args.development) - sites)
+        if unknown:
+            ap.error(f"--development {' '.join(unknown)}: no case of {args.data} comes from it; "
+                     f"its institutions: {' '.join(sorted(sites))}")
         args.work.mkdir(parents=True, exist_ok=True)
         result = {"data": str(args.data), **seeds(args)}
         write_json(args.out, result)

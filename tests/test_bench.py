@@ -414,3 +414,17 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
                            "--work", str(tmp_path / "work"), "--out", str(out), *overrides],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and json.loads(out.read_text())["train_minutes"] == {"3": 0.0}
+
+
+def test_sim2real_seeds_refuse_a_development_institution_the_cases_lack(tmp_path, small_case):
+    """Checked before any training: one line naming the institution and the ones the cases have."""
+    from helpers import write_case
+    images, labels, affine = small_case
+    write_case(tmp_path / "real", "Brats18_CBICA_AAA_1", images, labels, affine)
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(tmp_path / "real"), "--seeds", "1",
+                           "--work", str(tmp_path / "work"), "--development", "CBICA", "TCIA99"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f"--development TCIA99: no case of {tmp_path / 'real'} comes from it; its institutions: CBICA")
+    assert not (tmp_path / "work").exists()
