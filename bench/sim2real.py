@@ -13,7 +13,9 @@ downloaded and nothing is fitted to them: they are read in place, only to measur
 Score: `predict.py` with the evaluate stage's settings (params.yaml: overlap, mirroring, compile) and
 the post-processing beside the weights; each case is resampled to the weights' spacing, predicted,
 brought back to its own grid and scored there against its own labels by the evaluate stage's scorer
-(`evaluate.score_folders`: Dice, IoU, lesion-wise Dice per region). The targets are checked:
+(`evaluate.score_folders`: Dice, IoU, lesion-wise Dice per region), and how its whole tumour errs,
+as shares of the expert's volume: `volume_ratio_WT` (1: the expert's volume), `false_share_WT` (the
+predicted part outside the expert's) and `missed_share_WT`. The targets are checked:
 mean WT Dice >= 0.75, TC Dice >= 0.65, no case's WT Dice below 0.40.
 
 Statistics, per case, for the real and the synthetic cases (median and quartiles in the output):
@@ -161,6 +163,15 @@ def statistics_of(folder: Path) -> dict[str, dict]:
     return {c.name: case_statistics(c) for c in cases}
 
 
+def whole_tumour_volumes(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """How a prediction's whole tumour errs, as shares of the expert's: its volume (1 is the expert's),
+    the part outside the expert's (false positive) and the part of the expert's it misses."""
+    p, g = pred > 0, gt > 0
+    n = max(int(g.sum()), 1)
+    return {"volume_ratio_WT": round(float(p.sum() / n), 4), "false_share_WT": round(float((p & ~g).sum() / n), 4),
+            "missed_share_WT": round(float((g & ~p).sum() / n), 4)}
+
+
 def score(data: Path, weights: Path, work: Path, params: Path) -> dict:
     """predict.py on every case of `data` with the evaluate stage's settings, scored by the evaluate
     stage's scorer on each case's own grid."""
@@ -175,6 +186,9 @@ def score(data: Path, weights: Path, work: Path, params: Path) -> dict:
     scored = evaluate.score_folders(pred, data)
     per_case = {case: {f"{k}_{r}": round(float(s[r][k]), 4) for r in ("WT", "TC", "ET", "SNFH", "NETC")
                        for k in ("dice", "iou", "lesionwise_dice")} for case, s in scored["cases"].items()}
+    for case, (gt_path, edition) in evaluate.ground_truths(data).items():
+        per_case[case].update(whole_tumour_volumes(evaluate.load_labels(pred / f"{case}.nii.gz", case)[0],
+                                                   evaluate.load_labels(gt_path, case, edition)[0]))
     summary = summarise_scores(per_case)    # means, 95 % intervals over cases, per-institution means
     mean = summary["mean"]
     wt = [c["dice_WT"] for c in per_case.values()]
@@ -305,7 +319,8 @@ def main() -> None:
                 print(f"{k}: {m:.3f} ± {result['seed_sd'][k] or 0:.3f} over {len(args.seeds)} seeds; "
                       f"seed-averaged cases {ci[0]:.3f}–{ci[1]:.3f}")
         for site, f in result["pooled"]["institutions"].items():
-            print(f"  {site} ({f['cases']} cases): WT Dice {f['dice_WT']:.3f}, TC {f['dice_TC']:.3f}, ET {f['dice_ET']:.3f}")
+            print(f"  {site} ({f['cases']} cases): WT Dice {f['dice_WT']:.3f}, TC {f['dice_TC']:.3f}, ET {f['dice_ET']:.3f}; "
+                  f"WT volume {f['volume_ratio_WT']:.2f} x the expert's, {f['false_share_WT']:.2f} of it outside")
         for part in ("development", "confirmation"):
             figures = (result.get("split") or {}).get(part)
             if figures:
@@ -343,7 +358,8 @@ def main() -> None:
         print("95 % intervals over cases: " + ", ".join(f"{k} {v}" for k, v in result["score"]["ci95"].items()
                                                          if k.startswith("dice")))
         for site, figures in result["score"]["institutions"].items():
-            print(f"  {site} ({figures['cases']} cases): WT Dice {figures['dice_WT']:.3f}, TC {figures['dice_TC']:.3f}")
+            print(f"  {site} ({figures['cases']} cases): WT Dice {figures['dice_WT']:.3f}, TC {figures['dice_TC']:.3f}; "
+                  f"WT volume {figures['volume_ratio_WT']:.2f} x the expert's, {figures['false_share_WT']:.2f} of it outside")
 
 
 if __name__ == "__main__":

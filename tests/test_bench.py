@@ -133,7 +133,8 @@ def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_p
     out = tmp_path / "s2r.json"
     done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--synthetic", str(cases),
                            "--weights", str(params.paths.models_dir), "--out", str(out),
-                           "--plot", str(tmp_path / "s2r.png"), "--params", str(tiny_data / "params.yaml")],
+                           "--plot", str(tmp_path / "s2r.png"), "--params", str(tiny_data / "params.yaml"),
+                           "--work", str(tmp_path / "work")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -144,16 +145,36 @@ def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_p
     assert result["score"]["targets"]["min case WT dice"]["measured"] == pytest.approx(min(wt), abs=1e-4)
     assert result["score"]["mean"]["dice_WT"] == pytest.approx(sum(wt) / len(wt), abs=1e-4)
     assert set(result["score"]["ci95"]) == set(result["score"]["mean"]) and result["score"]["institutions"]
+    # the volume shares: P/G = 1 - missed + false for every case, and one case counted by hand from its files
+    for c in result["score"]["per_case"].values():
+        assert c["volume_ratio_WT"] == pytest.approx(1 - c["missed_share_WT"] + c["false_share_WT"], abs=2e-4)
+    import nibabel as nib
+    first = names[0]
+    pred = np.asanyarray(nib.load(tmp_path / "work" / "predictions" / f"{first}.nii.gz").dataobj) > 0
+    truth = np.asanyarray(nib.load(cases / first / f"{first}-seg.nii.gz").dataobj) > 0
+    assert result["score"]["per_case"][first]["volume_ratio_WT"] == pytest.approx(pred.sum() / truth.sum(), abs=1e-4)
+    assert result["score"]["per_case"][first]["missed_share_WT"] == pytest.approx((truth & ~pred).sum() / truth.sum(), abs=1e-4)
     # the same folder on both sides: the same statistics
     assert result["statistics"]["real"] == result["statistics"]["synthetic"]
     # a hand-checkable statistic: the WT volume of each case from its seg file
-    import nibabel as nib
     case = names[0]
     seg = nib.load(cases / case / f"{case}-seg.nii.gz")
     voxel_cm3 = abs(np.linalg.det(seg.affine[:3, :3])) / 1000
     expected = np.count_nonzero(np.asanyarray(seg.dataobj)) * voxel_cm3
     assert result["per_case_statistics"]["real"][case]["wt_cm3"] == pytest.approx(expected, abs=1e-3)
     assert (tmp_path / "s2r.png").stat().st_size > 0
+
+
+def test_whole_tumour_volumes_by_hand():
+    """Expert: 10 voxels; prediction: 6 of them and 9 outside, labelled with any tumour label."""
+    sim2real = bench_module("sim2real")
+    gt, pred = np.zeros((5, 5, 5), np.uint8), np.zeros((5, 5, 5), np.uint8)
+    gt[0, :2, :5] = 2
+    pred[0, 0, :5], pred[0, 1, 0] = 1, 3
+    pred[3, :3, :3] = 2
+    assert sim2real.whole_tumour_volumes(pred, gt) == {"volume_ratio_WT": 1.5, "false_share_WT": 0.9,
+                                                      "missed_share_WT": 0.4}
+    assert sim2real.whole_tumour_volumes(pred, np.zeros_like(gt))["volume_ratio_WT"] == 15.0
 
 
 def test_sim2real_missing_weights_is_one_line(tmp_path, small_case):
