@@ -7,8 +7,9 @@ Each side is one run or several (replicas: the same params with another `train.s
 - a git revision (`HEAD`, `main`, a tag, a commit) or a DVC experiment's name (`dvc exp show`): its
   per-case test scores, `metrics/evaluate_cases.csv` as committed there;
 - `workspace`: that file as it is now;
-- a file: a per-case CSV in that layout (`case`, then `<metric>_<region>` columns), or the JSON the
-  scorer writes (`src/evaluate.py --pred … --gt … --out scores.json`).
+- a file: a per-case CSV in that layout (`case`, then `<metric>_<region>` columns), the JSON the
+  scorer writes (`src/evaluate.py --pred … --gt … --out scores.json`), or a benchmark's per-seed
+  `score.json` (`bench/sim2real.py --seeds`: WORK/seed-S/score.json).
 
 Cases are paired by id; every run must hold the same cases (one line names what differs). Per metric
 and region: each side's mean (over cases of the replica-averaged scores) with the spread of its
@@ -98,13 +99,18 @@ def parse_csv(text: str, where: str) -> Scores:
 
 
 def parse_scorer_json(text: str, where: str) -> Scores:
-    """Per-case scores of the scorer's JSON ({"cases": {case: {region: {metric: value}}}})."""
+    """Per-case scores of the scorer's JSON ({"cases": {case: {region: {metric: value}}}}), or of a
+    benchmark's score file ({"per_case": {case: {"<metric>_<region>": value}}}: bench/sim2real.py's
+    WORK/seed-S/score.json)."""
     try:
-        cases = json.loads(text)["cases"]
+        data = json.loads(text)
+        if "per_case" in data and "cases" not in data:
+            return {case: {k: float(v) for k, v in scores.items()} for case, scores in data["per_case"].items()}
         return {case: {f"{k}_{region}": float(v) for region, scores in regions.items() for k, v in scores.items()}
-                for case, regions in cases.items()}
+                for case, regions in data["cases"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{where}: not the scorer's JSON (src/evaluate.py --out): {e}") from None
+        raise UserError(f"{where}: not the scorer's JSON (src/evaluate.py --out) nor a benchmark's "
+                        f"score file with per_case: {e}") from None
 
 
 def load_run(run: str, repo: Path = ROOT, cases_csv: str = CASES_CSV) -> Scores:

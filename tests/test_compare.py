@@ -104,6 +104,22 @@ def test_scorer_json_is_a_run(tmp_path):
     assert all(r["change"] == pytest.approx(0, abs=1e-4) for r in result["rows"])
 
 
+def test_a_benchmark_score_file_is_a_run_and_a_stranger_json_is_one_line(tmp_path):
+    """bench/sim2real.py's per-seed score.json ({"per_case": {case: {"iou_WT": …}}}) pairs with a CSV
+    of the same scores; a JSON with neither layout is refused naming the file."""
+    per_case = {c: {f"iou_{r}": float(BASE[i, j]) for j, r in enumerate(REGIONS)} for i, c in enumerate(CASES)}
+    (tmp_path / "score.json").write_text(json.dumps({"per_case": per_case, "mean": {}}))
+    a = write_scores(tmp_path / "a.csv", CASES, BASE)
+    shifted = write_scores(tmp_path / "b.csv", CASES, BASE + 0.05)
+    same = compare.run([str(a)], [str(tmp_path / "score.json")], metrics=("iou",))
+    assert all(r["change"] == pytest.approx(0, abs=1e-4) for r in same["rows"])
+    better = compare.run([str(tmp_path / "score.json")], [str(shifted)], metrics=("iou",))
+    assert all(r["change"] == pytest.approx(0.05, abs=1e-4) for r in better["rows"])
+    (tmp_path / "other.json").write_text(json.dumps({"mean": {"iou_WT": 0.5}}))
+    with pytest.raises(UserError, match="other.json: not the scorer's JSON"):
+        compare.run([str(a)], [str(tmp_path / "other.json")], metrics=("iou",))
+
+
 def test_command_line_writes_table_json_and_forest_plot(tmp_path, capsys):
     a = write_scores(tmp_path / "a.csv", CASES, BASE)
     b = write_scores(tmp_path / "b.csv", CASES, BASE - np.linspace(0.01, 0.06, 6)[:, None])
