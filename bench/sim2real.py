@@ -165,7 +165,8 @@ def statistics_of(folder: Path) -> dict[str, dict]:
 
 def whole_tumour_volumes(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """How a prediction's whole tumour errs, as shares of the expert's: its volume (1 is the expert's),
-    the part outside the expert's (false positive) and the part of the expert's it misses."""
+    the part outside the expert's (false positive) and the part of the expert's it misses. A case the
+    expert marked no tumour in counts as one voxel of it, so its shares are voxel counts."""
     p, g = pred > 0, gt > 0
     n = max(int(g.sum()), 1)
     return {"volume_ratio_WT": round(float(p.sum() / n), 4), "false_share_WT": round(float((p & ~g).sum() / n), 4),
