@@ -253,6 +253,12 @@ def seeds(args: argparse.Namespace) -> dict:
     return out
 
 
+def institution_line(site: str, f: dict) -> str:
+    """One institution's means: Dice per region and how its whole tumours err."""
+    return (f"  {site} ({f['cases']} cases): WT Dice {f['dice_WT']:.3f}, TC {f['dice_TC']:.3f}, ET {f['dice_ET']:.3f}; "
+            f"WT volume {f['volume_ratio_WT']:.2f} x the expert's, {f['false_share_WT']:.2f} of it outside")
+
+
 def plot(real_cases: dict[str, dict], synthetic: dict[str, dict], path: Path) -> None:
     """Per modality: the per-case median z-score of each tissue, real beside synthetic."""
     import matplotlib
@@ -320,8 +326,7 @@ def main() -> None:
                 print(f"{k}: {m:.3f} ± {result['seed_sd'][k] or 0:.3f} over {len(args.seeds)} seeds; "
                       f"seed-averaged cases {ci[0]:.3f}–{ci[1]:.3f}")
         for site, f in result["pooled"]["institutions"].items():
-            print(f"  {site} ({f['cases']} cases): WT Dice {f['dice_WT']:.3f}, TC {f['dice_TC']:.3f}, ET {f['dice_ET']:.3f}; "
-                  f"WT volume {f['volume_ratio_WT']:.2f} x the expert's, {f['false_share_WT']:.2f} of it outside")
+            print(institution_line(site, f))
         for part in ("development", "confirmation"):
             figures = (result.get("split") or {}).get(part)
             if figures:
@@ -359,8 +364,7 @@ def main() -> None:
         print("95 % intervals over cases: " + ", ".join(f"{k} {v}" for k, v in result["score"]["ci95"].items()
                                                          if k.startswith("dice")))
         for site, figures in result["score"]["institutions"].items():
-            print(f"  {site} ({figures['cases']} cases): WT Dice {figures['dice_WT']:.3f}, TC {figures['dice_TC']:.3f}; "
-                  f"WT volume {figures['volume_ratio_WT']:.2f} x the expert's, {figures['false_share_WT']:.2f} of it outside")
+            print(institution_line(site, figures))
 
 
 if __name__ == "__main__":
