@@ -5,13 +5,20 @@
 # Writes the scale benchmark (12 loader workers, full augmentation on the GPU), bench/run.py's
 # table (train step vs nnU-Net, inference vs MONAI, loader, predict end to end) and bench/recipe.py's
 # two short runs of the GPU recipe (docs/real-data.md) (weights hash, patches/s per epoch) under OUT_DIR.
-# All three take up to 18 minutes; PARTS="run recipe" (any of scale, run, recipe) runs some of them,
-# so that one call fits a lent machine's 10-minute limit.
+# All three take up to 18 minutes; PARTS="run recipe" (any of scale, run, recipe, seeds) runs some of
+# them, so that one call fits a lent machine's 10-minute limit.
+# PARTS=seeds is not in the default set: the default pipeline's model and the false-positive-weighted
+# loss (Tversky 0.7/0.3 + BCE) trained once per seed of SEEDS (default 2024 and 1-11), SEEDS_JOBS (6)
+# seeds of each at a time, for SEEDS_MINUTES (default 7); the finished seeds' folders come back as
+# seeds-<run>-<n>.tar (weights, params, synthetic test figures), to be scored on the real cases where
+# they are: tar -xf each into WORK/<run>/, then bench/sim2real.py --data REAL --seeds ... --reuse
+# --work WORK/<run> (BENCHMARKS.md, "Synthetic to real"). SEEDS_EXTRA adds -S overrides to both runs
+# (a dry run on a CPU: tiny settings).
 set -uo pipefail
 out=${1:?usage: bash bench/gpu.sh OUT_DIR}
 parts=${PARTS:-scale run recipe}
 for part in $parts; do
-    case $part in scale|run|recipe) ;; *) echo "error: PARTS holds '$part'; use any of: scale run recipe" >&2; exit 2;; esac
+    case $part in scale|run|recipe|seeds) ;; *) echo "error: PARTS holds '$part'; use any of: scale run recipe seeds" >&2; exit 2;; esac
 done
 mkdir -p "$out"
 if [ -d .whl ]; then
@@ -33,4 +40,31 @@ fi
 if [[ " $parts " == *" recipe "* ]]; then   # the GPU recipe, 2 epochs x 250 iterations, twice
     timeout 480 python3 bench/recipe.py --work /tmp/recipe-work --out "$out/recipe.json" 2>&1 \
         | grep -v "it/s\]\|batch/s\]\|case/s\]" | tail -n 40 | tee "$out/recipe.log"
+fi
+if [[ " $parts " == *" seeds "* ]]; then   # the same recipe as on a CPU but uncompiled (each process would compile), fp32
+    seeds=${SEEDS:-2024 1 2 3 4 5 6 7 8 9 10 11}
+    # shellcheck disable=SC2206
+    gpu=(-S train.compile=false -S evaluate.compile=false -S train.precision=fp32 ${SEEDS_EXTRA:-})
+    declare -A runs=([default]=""
+        [tversky_fp]="-S train.loss.dice=0.0 -S train.loss.tversky=1.0 -S train.loss.tversky_alpha=0.7 -S train.loss.tversky_beta=0.3")
+    for run in "${!runs[@]}"; do
+        # shellcheck disable=SC2086
+        OMP_NUM_THREADS=2 timeout $((${SEEDS_MINUTES:-7} * 60)) python3 bench/sim2real.py --train-only --seeds $seeds \
+            --jobs "${SEEDS_JOBS:-6}" \
+            --work "/tmp/seeds/$run" --out "$out/seeds-$run.json" "${gpu[@]}" ${runs[$run]} > "/tmp/seeds-$run.log" 2>&1 &
+    done
+    wait
+    for run in "${!runs[@]}"; do
+        grep -a "trained in\|error\|synthetic test" "/tmp/seeds-$run.log" | sed "s/^/$run: /" | tee -a "$out/seeds.log"
+        ( cd "/tmp/seeds/$run" 2>/dev/null || exit 0
+          done=$(for s in $seeds; do [ -f "seed-$s/trained" ] && echo "seed-$s"; done)
+          n=0; set -- $done
+          while [ $# -gt 0 ]; do    # 8 seeds a file: under the 16 MiB a returned file may hold
+              chunk=("${@:1:8}"); shift $(( $# < 8 ? $# : 8 )); n=$((n + 1))
+              tar -cf "$out/seeds-$run-$n.tar" $(for f in "${chunk[@]}"; do
+                  echo "$f/params.yaml $f/trained $f/models/postprocessing.json $f/models/folds/fold_0/model.pt"
+                  echo "$f/metrics/evaluate.json $f/metrics/evaluate_cases.csv"; done)
+          done )
+    done
+    ls -la "$out" | tee -a "$out/seeds.log"
 fi

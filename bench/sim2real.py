@@ -5,7 +5,8 @@ real cases, and compare the real cases' statistics with the synthetic ones'.
                              [--out bench/results/sim2real.json] [--work /tmp/sim2real] [--plot FILE.png]
                              [--params params.yaml] [--no-score]
     python bench/sim2real.py --data REAL_DIR --seeds 2024 1 2 --work /tmp/sim2real [-S key=value ...]
-                             [--development 2013 TCIA01 ...] [--reuse] [--out FILE]
+                             [--development 2013 TCIA01 ...] [--reuse] [--jobs N] [--out FILE]
+    python bench/sim2real.py --train-only --seeds 2024 1 2 --work /tmp/sim2real [-S ...] [--jobs N]
 
 REAL_DIR: real cases with their labels, in any layout the pipeline reads (src/editions.py). Nothing is
 downloaded and nothing is fitted to them: they are read in place, only to measure.
@@ -30,13 +31,17 @@ voxels) of healthy tissue and of oedema, and the height profile (median z of hea
 slabs of the head from bottom to top). `--plot` draws the per-modality intensity comparison.
 
 With `--seeds`, the model is not given but trained once per seed, as `dvc repro` trains the default
-(synthesize, preprocess, train and postprocess in WORK/seed-S, a copy of `src/` and params.yaml with
-the committed tuned optimizer values, then the `-S` overrides): each seed S sets `base.seed` (the
-synthetic set and its split) and `train.seed` (initial weights, patches). Every seed's model is scored
-as above; the result adds the mean ± sd over the seeds' means, the seed-averaged per-case scores with
-their interval and per-institution means (bench/report.py's pool), and, when `--development` names
-institutions, the same split in two: the institutions generator candidates are chosen on, and the rest,
-which confirm. `--reuse` keeps a seed whose model a former run into the same WORK finished.
+(synthesize, preprocess, train, postprocess and evaluate in WORK/seed-S, a copy of `src/` and
+params.yaml with the committed tuned optimizer values, then the `-S` overrides): each seed S sets
+`base.seed` (the synthetic set and its split) and `train.seed` (initial weights, patches). Every seed's
+model is scored as above; the result adds the mean ± sd over the seeds' means, the seed-averaged
+per-case scores with their interval and per-institution means (bench/report.py's pool), each seed's
+IoU on its own synthetic test split (`synthetic_test`: what `dvc repro` would report), and, when
+`--development` names institutions, the same split in two: the institutions generator candidates are
+chosen on, and the rest, which confirm. `--reuse` keeps a seed whose model a former run into the same
+WORK finished. `--jobs N` trains N seeds at once (each its own processes; on a GPU machine with cores
+to spare). `--train-only` trains and stops, without `--data`: train on a machine without the real
+cases, copy WORK's seed folders back, then score them with `--reuse`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -211,10 +217,45 @@ def train_seed(work: Path, seed: int, overrides: dict, reuse: bool) -> tuple[Pat
     load_params(folder / "params.yaml")           # checks the overrides before any work
     if (ROOT / "tune").is_dir():                  # lr etc. `tuned`: the committed tune stage's values
         shutil.copytree(ROOT / "tune", folder / "tune")
-    minutes = sum(real.run([sys.executable, f"src/{stage}.py"], folder, work / "bench.log")
-                  for stage in ("synthesize", "preprocess", "train", "postprocess"))
+    minutes = sum(real.run([sys.executable, f"src/{stage}.py"], folder, folder / "bench.log")
+                  for stage in ("synthesize", "preprocess", "train", "postprocess", "evaluate"))
     done.write_text(f"{minutes:.2f}\n")
     return folder, minutes
+
+
+def train_seeds(args: argparse.Namespace) -> dict[int, tuple[Path, float]]:
+    """train_seed for every seed, `args.jobs` at a time; a seed that fails stops the bench."""
+    overrides = dict(args.overrides)
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    running = {seed: pool.submit(train_seed, args.work, seed, overrides, args.reuse) for seed in args.seeds}
+    trained = {}
+    try:
+        for seed, job in running.items():
+            trained[seed] = job.result()
+            print(f"seed {seed}: trained in {trained[seed][1]:.1f} min", flush=True)
+    except BaseException as failed:     # say so now; the seeds already running finish their stage first
+        print(failed, file=sys.stderr, flush=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return trained
+
+
+def synthetic_test(folders: dict[int, Path]) -> dict | None:
+    """Each seed's IoU on its own synthetic test split (its evaluate stage), and mean ± sd over seeds;
+    None when a seed's folder has no evaluate figures (trained before the evaluate stage was run)."""
+    per_seed = {}
+    for seed, folder in folders.items():
+        path = folder / "metrics" / "evaluate.json"
+        if not path.exists():
+            return None
+        figures = json.loads(path.read_text())
+        per_seed[str(seed)] = {f"iou_{r}": figures["iou"][r] for r in ("WT", "TC", "ET")}
+    keys = next(iter(per_seed.values()))
+    return {"per_seed": per_seed,
+            "mean": {k: round(float(np.mean([s[k] for s in per_seed.values()])), 4) for k in keys},
+            "sd": {k: round(float(np.std([s[k] for s in per_seed.values()], ddof=1)), 4) if len(per_seed) > 1
+                   else None for k in keys}}
 
 
 def split_by_institution(per_case: dict[str, dict], development: list[str]) -> dict:
@@ -228,11 +269,15 @@ def split_by_institution(per_case: dict[str, dict], development: list[str]) -> d
 
 def seeds(args: argparse.Namespace) -> dict:
     """Train and score the default pipeline's model once per seed; pooled figures."""
-    overrides = dict(args.overrides)
-    runs, minutes = {}, {}
-    for seed in args.seeds:
-        folder, minutes[seed] = train_seed(args.work, seed, overrides, args.reuse)
-        print(f"seed {seed}: trained in {minutes[seed]:.1f} min; scoring on {args.data}")
+    trained = train_seeds(args)
+    minutes = {seed: m for seed, (_, m) in trained.items()}
+    out = {"seeds": args.seeds, "overrides": dict(args.overrides), "train_minutes": minutes,
+           "synthetic_test": synthetic_test({seed: folder for seed, (folder, _) in trained.items()})}
+    if args.train_only:
+        return out
+    runs = {}
+    for seed, (folder, _) in trained.items():
+        print(f"seed {seed}: scoring on {args.data}")
         scored = score(args.data, folder / "models", folder, folder / "params.yaml")
         runs[str(seed)] = scored["per_case"]
         write_json(args.work / f"seed-{seed}" / "score.json", scored)
@@ -241,7 +286,7 @@ def seeds(args: argparse.Namespace) -> dict:
     pooled = pool(runs)
     averaged = {c: {k: float(np.mean([runs[s][c][k] for s in runs])) for k in runs[str(args.seeds[0])][c]}
                 for c in runs[str(args.seeds[0])]}
-    out = {"seeds": args.seeds, "overrides": overrides, "train_minutes": minutes, **pooled}
+    out.update(pooled)
     if args.development:
         out["split"] = split_by_institution(averaged, args.development)
         for part in ("development", "confirmation"):
@@ -287,7 +332,7 @@ def plot(real_cases: dict[str, dict], synthetic: dict[str, dict], path: Path) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="real cases with labels, any BraTS edition's layout")
+    ap.add_argument("--data", type=Path, help="real cases with labels, any BraTS edition's layout")
     ap.add_argument("--weights", type=Path, default=ROOT / "models",
                     help="the model folder (default: the pipeline's) or a weights file, as predict.py takes it")
     ap.add_argument("--synthetic", type=Path, default=ROOT / "data" / "synthetic",
@@ -306,20 +351,37 @@ def main() -> None:
                     help="with --seeds: institutions (2013, CBICA, TCIA01 ...) candidates are chosen on; "
                     "the rest confirm")
     ap.add_argument("--reuse", action="store_true", help="with --seeds: keep seeds a former run into WORK trained")
+    ap.add_argument("--jobs", type=int, default=1, help="with --seeds: seeds trained at once (default 1)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="with --seeds: train (and evaluate on the synthetic test split) only; score later with --reuse")
     args = ap.parse_args()
+    if args.train_only and not args.seeds:
+        ap.error("--train-only needs --seeds")
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: give 1 or more")
+    if args.data is None and not args.train_only:
+        ap.error("--data is needed (a folder of real cases with labels), except with --seeds ... --train-only")
     if args.seeds:
-        if not args.data.is_dir():
-            ap.error(f"--data {args.data}: not a folder")
         if args.work is None:
             ap.error("--seeds needs --work (a folder for each seed's pipeline)")
-        sites = {institution(c.name) for c in find_cases(args.data, "give a folder of cases with labels").cases}
-        unknown = sorted(set(args.development) - sites)
-        if unknown:
-            ap.error(f"--development {' '.join(unknown)}: no case of {args.data} comes from it; "
-                     f"its institutions: {' '.join(sorted(sites))}")
+        if not args.train_only:
+            if not args.data.is_dir():
+                ap.error(f"--data {args.data}: not a folder")
+            sites = {institution(c.name) for c in find_cases(args.data, "give a folder of cases with labels").cases}
+            unknown = sorted(set(args.development) - sites)
+            if unknown:
+                ap.error(f"--development {' '.join(unknown)}: no case of {args.data} comes from it; "
+                         f"its institutions: {' '.join(sorted(sites))}")
         args.work.mkdir(parents=True, exist_ok=True)
-        result = {"data": str(args.data), **seeds(args)}
+        result = {"data": None if args.data is None else str(args.data), **seeds(args)}
         write_json(args.out, result)
+        test = result["synthetic_test"]
+        if test:
+            print("synthetic test IoU (each seed's own test split): " + ", ".join(
+                f"{k[4:]} {m:.3f} ± {test['sd'][k] or 0:.3f}" for k, m in test["mean"].items()))
+        if args.train_only:
+            print(f"wrote {args.out}")
+            return
         for k, m in result["seed_mean"].items():
             if k.startswith("dice_") and k[5:] in ("WT", "TC", "ET"):
                 ci = result["pooled"]["ci95"][k]

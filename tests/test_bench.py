@@ -408,11 +408,26 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
     overrides = [f"-S{k}={json.dumps(v)}" for k, v in {**TINY, **ADAM, "evaluate.mirror": False,
                                                        "train.val_every": 2}.items()]
     out = tmp_path / "seeds.json"
-    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--seeds", "3", "4",
+    # trained two at a time, without the real cases (as on a GPU machine), each evaluated on its synthetic test split
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--train-only", "--seeds", "3", "4", "--jobs", "2",
+                           "--work", str(tmp_path / "work"), "--out", str(out), *overrides],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trained = json.loads(out.read_text())
+    assert trained["data"] is None and "per_run" not in trained
+    test_iou = {s: json.loads((tmp_path / "work" / f"seed-{s}" / "metrics" / "evaluate.json").read_text())["iou"]["WT"]
+                for s in (3, 4)}
+    assert {s: trained["synthetic_test"]["per_seed"][str(s)]["iou_WT"] for s in (3, 4)} == test_iou
+    assert trained["synthetic_test"]["mean"]["iou_WT"] == pytest.approx(np.mean(list(test_iou.values())), abs=1e-4)
+    assert not list((tmp_path / "work").rglob("score.json"))
+    # then scored on the labelled cases, reusing both models
+    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--seeds", "3", "4", "--reuse",
                            "--work", str(tmp_path / "work"), "--development", "all", "--out", str(out), *overrides],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["train_minutes"] == {"3": 0.0, "4": 0.0}
+    assert result["synthetic_test"] == trained["synthetic_test"]
     names = sorted(p.name for p in cases.iterdir())
     per_seed = {}
     for seed in (3, 4):
@@ -430,11 +445,18 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
     assert result["pooled"]["mean"]["dice_WT"] == pytest.approx(np.mean(wt), abs=1e-4)
     assert result["split"]["development"]["mean"]["dice_WT"] == pytest.approx(np.mean(wt), abs=1e-4)
     assert result["split"]["confirmation"] is None
-    # --reuse scores the trained seeds again without training them
-    done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--seeds", "3", "--reuse",
-                           "--work", str(tmp_path / "work"), "--out", str(out), *overrides],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and json.loads(out.read_text())["train_minutes"] == {"3": 0.0}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "1", "--work", "W"], "--data is needed (a folder of real cases with labels), except with --seeds ... --train-only"),
+    (["--train-only", "--data", "D"], "--train-only needs --seeds"),
+    (["--train-only", "--seeds", "1", "--work", "W", "--jobs", "0"], "--jobs 0: give 1 or more"),
+])
+def test_sim2real_bad_arguments_are_one_line(tmp_path, args, message):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "sim2real.py"), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(message)
+    assert not (tmp_path / "W").exists()
 
 
 def test_sim2real_seeds_refuse_a_development_institution_the_cases_lack(tmp_path, small_case):
