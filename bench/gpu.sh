@@ -43,6 +43,13 @@ if [[ " $parts " == *" recipe "* ]]; then   # the GPU recipe, 2 epochs x 250 ite
 fi
 if [[ " $parts " == *" seeds "* ]]; then   # the same recipe as on a CPU but uncompiled (each process would compile), fp32
     seeds=${SEEDS:-2024 1 2 3 4 5 6 7 8 9 10 11}
+    if ! python3 -c "import dvclive" 2>/dev/null; then   # as in bench/recipe.py: a logger that writes nothing
+        mkdir -p /tmp/nolive/dvclive                     # (DVCLive needs dvc, too large to carry); weights do not depend on it
+        printf 'class Live:\n    def __init__(self, *args, **kwargs):\n        pass\n\n    def __getattr__(self, name):\n        return lambda *args, **kwargs: None\n' \
+            > /tmp/nolive/dvclive/__init__.py
+        export PYTHONPATH=/tmp/nolive${PYTHONPATH:+:$PYTHONPATH}
+        echo "DVCLive is not installed: its curves are not written" | tee -a "$out/seeds.log"
+    fi
     # shellcheck disable=SC2206
     gpu=(-S train.compile=false -S evaluate.compile=false -S train.precision=fp32 ${SEEDS_EXTRA:-})
     declare -A runs=([default]=""
@@ -56,6 +63,10 @@ if [[ " $parts " == *" seeds "* ]]; then   # the same recipe as on a CPU but unc
     wait
     for run in "${!runs[@]}"; do
         grep -a "trained in\|error\|synthetic test" "/tmp/seeds-$run.log" | sed "s/^/$run: /" | tee -a "$out/seeds.log"
+        for s in $seeds; do    # a seed that failed: the end of its log
+            log=/tmp/seeds/$run/seed-$s/bench.log
+            [ -f "$log" ] && [ ! -f "/tmp/seeds/$run/seed-$s/trained" ] && grep -a -v "it/s\]\|batch/s\]\|case/s\]\|try/s\]" "$log" | tail -n 15 | sed "s/^/$run seed $s: /" >> "$out/seeds.log"
+        done
         ( cd "/tmp/seeds/$run" 2>/dev/null || exit 0
           done=$(for s in $seeds; do [ -f "seed-$s/trained" ] && echo "seed-$s"; done)
           n=0; set -- $done
