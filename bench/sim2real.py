@@ -56,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +242,26 @@ def train_seeds(args: argparse.Namespace) -> dict[int, tuple[Path, float]]:
     return trained
 
 
+def flatten(raw: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} as {"a.b": 1}, the keys -S takes."""
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def trained_with(folder: Path) -> dict:
+    """The params a seed's model was trained with that differ from the repository's params.yaml, the
+    seeds aside: with --reuse, what the command line's -S no longer says."""
+    ours = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    theirs = flatten(yaml.safe_load((folder / "params.yaml").read_text()))
+    return {k: v for k, v in sorted(theirs.items())
+            if ours.get(k, object()) != v and k not in ("base.seed", "train.seed")}
+
+
 def synthetic_test(folders: dict[int, Path]) -> dict | None:
     """Each seed's IoU on its own synthetic test split (its evaluate stage), and mean ± sd over seeds;
     None when a seed's folder has no evaluate figures (trained before the evaluate stage was run)."""
@@ -271,8 +292,10 @@ def seeds(args: argparse.Namespace) -> dict:
     """Train and score the default pipeline's model once per seed; pooled figures."""
     trained = train_seeds(args)
     minutes = {seed: m for seed, (_, m) in trained.items()}
+    folders = {seed: folder for seed, (folder, _) in trained.items()}
     out = {"seeds": args.seeds, "overrides": dict(args.overrides), "train_minutes": minutes,
-           "synthetic_test": synthetic_test({seed: folder for seed, (folder, _) in trained.items()})}
+           "trained_with": {str(seed): trained_with(folder) for seed, folder in folders.items()},
+           "synthetic_test": synthetic_test(folders)}
     if args.train_only:
         return out
     runs = {}

@@ -415,6 +415,9 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trained = json.loads(out.read_text())
     assert trained["data"] is None and "per_run" not in trained
+    assert trained["trained_with"]["3"]["train.epochs"] == TINY["train.epochs"] != yaml.safe_load(
+        (ROOT / "params.yaml").read_text())["train"]["epochs"]
+    assert "base.seed" not in trained["trained_with"]["3"] and "train.seed" not in trained["trained_with"]["3"]
     test_iou = {s: json.loads((tmp_path / "work" / f"seed-{s}" / "metrics" / "evaluate.json").read_text())["iou"]["WT"]
                 for s in (3, 4)}
     assert {s: trained["synthetic_test"]["per_seed"][str(s)]["iou_WT"] for s in (3, 4)} == test_iou
@@ -428,6 +431,7 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
     result = json.loads(out.read_text())
     assert result["train_minutes"] == {"3": 0.0, "4": 0.0}
     assert result["synthetic_test"] == trained["synthetic_test"]
+    assert result["trained_with"] == trained["trained_with"]     # reused: read from the seeds' params
     names = sorted(p.name for p in cases.iterdir())
     per_seed = {}
     for seed in (3, 4):
