@@ -234,9 +234,11 @@ def train_seeds(args: argparse.Namespace) -> dict[int, tuple[Path, float]]:
         for seed, job in running.items():
             trained[seed] = job.result()
             print(f"seed {seed}: trained in {trained[seed][1]:.1f} min", flush=True)
-    except BaseException as failed:     # say so now; the seeds already running finish their stage first
-        print(failed, file=sys.stderr, flush=True)
+    except BaseException as failed:
         pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(failed, SystemExit) and isinstance(failed.code, str):
+            print(failed.code, file=sys.stderr, flush=True)   # now, once: the seeds running finish their stage first
+            raise SystemExit(1) from None
         raise
     pool.shutdown()
     return trained
