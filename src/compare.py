@@ -9,7 +9,7 @@ Each side is one run or several (replicas: the same params with another `train.s
 - `workspace`: that file as it is now;
 - a file: a per-case CSV in that layout (`case`, then `<metric>_<region>` columns), the JSON the
   scorer writes (`src/evaluate.py --pred … --gt … --out scores.json`), or a benchmark's per-seed
-  `score.json` (`bench/sim2real.py --seeds`: WORK/seed-S/score.json).
+  `score.json` (`bench/sim2real.py --seeds`: WORK/seed-S/score.json) or result (`bench/real.py --out`).
 
 Cases are paired by id; every run must hold the same cases (one line names what differs). Per metric
 and region: each side's mean (over cases of the replica-averaged scores) with the spread of its
@@ -101,11 +101,12 @@ def parse_csv(text: str, where: str) -> Scores:
 def parse_scorer_json(text: str, where: str) -> Scores:
     """Per-case scores of the scorer's JSON ({"cases": {case: {region: {metric: value}}}}), or of a
     benchmark's score file ({"per_case": {case: {"<metric>_<region>": value}}}: bench/sim2real.py's
-    WORK/seed-S/score.json)."""
+    WORK/seed-S/score.json, bench/real.py's --out; other per-case fields, such as a fold, are left out)."""
     try:
         data = json.loads(text)
-        if "per_case" in data and "cases" not in data:
-            return {case: {k: float(v) for k, v in scores.items()} for case, scores in data["per_case"].items()}
+        if "per_case" in data and not isinstance(data.get("cases"), dict):
+            return {case: {k: float(v) for k, v in scores.items() if "_" in k}
+                    for case, scores in data["per_case"].items()}
         return {case: {f"{k}_{region}": float(v) for region, scores in regions.items() for k, v in scores.items()}
                 for case, regions in data["cases"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:

@@ -115,6 +115,10 @@ def test_a_benchmark_score_file_is_a_run_and_a_stranger_json_is_one_line(tmp_pat
     assert all(r["change"] == pytest.approx(0, abs=1e-4) for r in same["rows"])
     better = compare.run([str(tmp_path / "score.json")], [str(shifted)], metrics=("iou",))
     assert all(r["change"] == pytest.approx(0.05, abs=1e-4) for r in better["rows"])
+    # bench/real.py's result: a case count beside the per-case scores, and each case's fold
+    cv = {c: {**scores, "fold": i % 2} for i, (c, scores) in enumerate(per_case.items())}
+    (tmp_path / "real.json").write_text(json.dumps({"cases": len(CASES), "per_case": cv}))
+    assert compare.load_run(str(tmp_path / "real.json")) == compare.load_run(str(tmp_path / "score.json"))
     (tmp_path / "other.json").write_text(json.dumps({"mean": {"iou_WT": 0.5}}))
     with pytest.raises(UserError, match="other.json: not the scorer's JSON"):
         compare.run([str(a)], [str(tmp_path / "other.json")], metrics=("iou",))
