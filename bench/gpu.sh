@@ -7,9 +7,10 @@
 # two short runs of the GPU recipe (docs/real-data.md) (weights hash, patches/s per epoch) under OUT_DIR.
 # All three take up to 18 minutes; PARTS="run recipe" (any of scale, run, recipe, seeds) runs some of
 # them, so that one call fits a lent machine's 10-minute limit.
-# PARTS=seeds is not in the default set: the default pipeline's model and the false-positive-weighted
-# loss (Tversky 0.7/0.3 + BCE) trained once per seed of SEEDS (default 2024 and 1-11), SEEDS_JOBS (6)
-# seeds of each at a time, for SEEDS_MINUTES (default 7); the finished seeds' folders come back as
+# PARTS=seeds is not in the default set: each run of SEEDS_RUNS (default: the default pipeline's model
+# and the false-positive-weighted loss, Tversky 0.7/0.3 + BCE; one run a line, "name: -S key=value ...")
+# trained once per seed of SEEDS (default 2024 and 1-11), SEEDS_JOBS (6) seeds of each run at a time,
+# for SEEDS_MINUTES (default 7); the finished seeds' folders come back as
 # seeds-<run>-<n>.tar (weights, params, synthetic test figures), to be scored on the real cases where
 # they are: tar -xf each into WORK/<run>/, then bench/sim2real.py --data REAL --seeds ... --reuse
 # --work WORK/<run> (BENCHMARKS.md, "Synthetic to real"). SEEDS_EXTRA adds -S overrides to both runs
@@ -20,6 +21,20 @@ parts=${PARTS:-scale run recipe}
 for part in $parts; do
     case $part in scale|run|recipe|seeds) ;; *) echo "error: PARTS holds '$part'; use any of: scale run recipe seeds" >&2; exit 2;; esac
 done
+declare -A runs=()
+if [[ " $parts " == *" seeds "* ]]; then   # SEEDS_RUNS checked before any work
+    spec=${SEEDS_RUNS:-"default:
+tversky_fp: -S train.loss.dice=0.0 -S train.loss.tversky=1.0 -S train.loss.tversky_alpha=0.7 -S train.loss.tversky_beta=0.3"}
+    while IFS= read -r line; do
+        [ -z "${line//[[:space:]]/}" ] && continue
+        name=${line%%:*}
+        if [[ $line != *:* || ! $name =~ ^[A-Za-z0-9_-]+$ || -n ${runs[$name]+x} ]]; then
+            echo "error: SEEDS_RUNS line '$line': write one run a line as 'name: -S key=value ...', each name once (letters, digits, _ and -)" >&2
+            exit 2
+        fi
+        runs[$name]=${line#*:}
+    done <<< "$spec"
+fi
 mkdir -p "$out"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -52,8 +67,6 @@ if [[ " $parts " == *" seeds "* ]]; then   # the same recipe as on a CPU but unc
     fi
     # shellcheck disable=SC2206
     gpu=(-S train.compile=false -S evaluate.compile=false -S train.precision=fp32 ${SEEDS_EXTRA:-})
-    declare -A runs=([default]=""
-        [tversky_fp]="-S train.loss.dice=0.0 -S train.loss.tversky=1.0 -S train.loss.tversky_alpha=0.7 -S train.loss.tversky_beta=0.3")
     for run in "${!runs[@]}"; do
         # shellcheck disable=SC2086
         OMP_NUM_THREADS=2 timeout $((${SEEDS_MINUTES:-7} * 60)) python3 bench/sim2real.py --train-only --seeds $seeds \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -475,3 +476,16 @@ def test_sim2real_seeds_refuse_a_development_institution_the_cases_lack(tmp_path
     assert done.stderr.strip().splitlines()[-1].endswith(
         f"--development TCIA99: no case of {tmp_path / 'real'} comes from it; its institutions: CBICA")
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("spec", ["bad name: -S train.epochs=2", "nocolon", "a: -S train.epochs=2\na: -S train.epochs=3"])
+def test_gpu_script_refuses_a_bad_run_list_before_any_work(tmp_path, spec):
+    """bench/gpu.sh's SEEDS_RUNS: one line naming the bad line and the form, exit 2, nothing written."""
+    env = {**os.environ, "PARTS": "seeds", "SEEDS_RUNS": spec}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "out")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: SEEDS_RUNS line '{spec.splitlines()[-1]}': write one run a line as 'name: -S key=value ...', "
+        "each name once (letters, digits, _ and -)"]
+    assert not (tmp_path / "out").exists()
