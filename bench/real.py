@@ -243,5 +243,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # too many folds for the patients, or a full disk: one line; Ctrl-C: what a rerun does
-    run_stage(main, "run the same command again to start over (folds are not resumed)")
+    run_stage(main)     # too many folds for the patients, or a full disk: one line

@@ -22,14 +22,9 @@ def describe_os_error(e: OSError) -> str:
     return f"{paths}: {reason}" if paths else reason
 
 
-RESUME = ("nothing half-written was kept; run the same command again to continue (the train stage resumes "
-          "from its last finished epoch)")
-
-
-def run_stage(main: Callable[[], None], interrupted: str = RESUME) -> None:
+def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); report a UserError or an error of the machine (disk, folders, permissions)
-    as one clear line and exit 1, without a traceback; Ctrl-C as one line (`interrupted`: what a
-    rerun does) and exit 130."""
+    as one clear line and exit 1, without a traceback; Ctrl-C as one line and exit 130."""
     try:
         main()
     except UserError as e:
@@ -39,5 +34,6 @@ def run_stage(main: Callable[[], None], interrupted: str = RESUME) -> None:
         print(f"error: {describe_os_error(e)} (check free space, permissions and the path)", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        print("\ninterrupted: nothing half-written was kept; run the same command again to continue (the "
+              "train stage resumes from its last finished epoch)", file=sys.stderr)
         sys.exit(130)
