@@ -13,7 +13,7 @@
 # for SEEDS_MINUTES (default 7); the finished seeds' folders come back as
 # seeds-<run>-<n>.tar (weights, params, synthetic test figures), to be scored on the real cases where
 # they are: tar -xf each into WORK/<run>/, then bench/sim2real.py --data REAL --seeds ... --reuse
-# --work WORK/<run> (BENCHMARKS.md, "Synthetic to real"). SEEDS_EXTRA adds -S overrides to both runs
+# --work WORK/<run> (BENCHMARKS.md, "Synthetic to real"). SEEDS_EXTRA adds -S overrides to every run
 # (a dry run on a CPU: tiny settings).
 set -uo pipefail
 out=${1:?usage: bash bench/gpu.sh OUT_DIR}
