@@ -16,7 +16,8 @@ so predict gives the masks the metrics describe; flags override them (`--no-mirr
 `--no-compile`: no torch.compile, for one small case or a machine without a C++ compiler).
 The post-processing the postprocess stage chose is applied too: `postprocessing.json` in the model
 folder (for a weights file: in the model folder it lies in), or `--postprocessing FILE`;
-`--no-postprocessing` writes the network's masks as they are.
+`--no-postprocessing` writes the network's masks as they are. `--cutoff REGION=P` cuts a region's
+probability at P instead of 0.5 (before the post-processing).
 
 A case whose output an earlier run into the same folder wrote and recorded is skipped (`--overwrite`
 redoes it), so an interrupted run continues; an output it did not record (a run killed between the
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from brats import MODEL_REGIONS, regions_to_labels
 from editions import EDITIONS, Case, Edition, find_cases
 from errors import SetupError, UserError, run_stage
 from files import atomic_write, check_writable, file_sha256, remove_stale_writes, write_json
@@ -66,17 +68,27 @@ PROBS_SUFFIX = ".probs.npz"
 INPUT_HINT = "give --input a case (a case folder of any BraTS edition, a Decathlon image) or a folder of them"
 
 
-def predict_case(predictor: Predictor, case: Case, with_probs: bool = False, labels_of: Edition = EDITIONS["2024"]
+def cut(probs: torch.Tensor, regions: tuple[str, ...], cutoffs: dict[str, float], paint) -> np.ndarray:
+    """The label map of (R, ...) region probabilities, each region above its cut-off (0.5 unless
+    `cutoffs` names it)."""
+    if not cutoffs:
+        return probs_to_labels(probs, paint=paint)
+    above = torch.tensor([cutoffs.get(r, 0.5) for r in regions], dtype=probs.dtype).view(-1, *[1] * (probs.dim() - 1))
+    return regions_to_labels((probs > above).numpy(), paint)
+
+
+def predict_case(predictor: Predictor, case: Case, with_probs: bool = False, labels_of: Edition = EDITIONS["2024"],
+                 cutoffs: dict[str, float] | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]]:
     """Label map (uint8, 2024 labels, painted with the regions `labels_of` has labels for: without
     RC before 2024, so that tumour under an RC output is not lost when RC becomes background) and,
     when asked, region probabilities (R, ...) as uint8 on the case's own grid; that grid's affine and
     shape. The case is resampled to the spacing the weights were trained at, and the probabilities
-    back to its own grid before thresholding."""
+    back to its own grid before thresholding (at 0.5, or a region's `cutoffs`)."""
     raw = read_case(case, with_seg=False)
     prepared = prepare(raw, predictor.spec.spacing_mm)
     probs = predictor.probs(prepared.image, prepared.native_shape)
-    labels = postprocessing.apply(probs_to_labels(probs, paint=labels_of.paint), predictor.pp,
+    labels = postprocessing.apply(cut(probs, predictor.spec.regions, cutoffs or {}, labels_of.paint), predictor.pp,
                                   prepared.native_spacing)
     shape = raw.images.shape[1:]
     on_grid = np.stack([restore(p, prepared.box, shape, raw.affine)
@@ -121,6 +133,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--postprocessing", type=Path,
                     help="post-processing file (default: postprocessing.json beside the weights)")
     ap.add_argument("--no-postprocessing", action="store_true", help="write the network's masks unchanged")
+    ap.add_argument("--cutoff", dest="cutoffs", type=parse_cutoff, action="append", default=[],
+                    metavar="REGION=P", help="a region's probability cut-off instead of 0.5 (repeatable; "
+                    "e.g. WT=0.8 for the synthetic default on real scans)")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                     help="auto: bf16 on CUDA, fp32 on CPU (as the evaluate stage)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first bad case")
     args = ap.parse_args(argv)
+    args.cutoffs = dict(args.cutoffs)
     if args.postprocessing and args.no_postprocessing:
         ap.error("--postprocessing and --no-postprocessing exclude each other")
     if args.overlap is not None and not 0 <= args.overlap < 1:
@@ -142,6 +158,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     return args
+
+
+def parse_cutoff(text: str) -> tuple[str, float]:
+    """`REGION=P`: a region of the network's outputs and a probability strictly between 0 and 1."""
+    region, _, value = text.partition("=")
+    try:
+        p = float(value)
+    except ValueError:
+        p = None
+    if region not in MODEL_REGIONS or p is None or not 0 < p < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give REGION=P, REGION one of {', '.join(MODEL_REGIONS)} "
+                                         "and P a probability between 0 and 1 (e.g. WT=0.8)")
+    return region, p
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -203,6 +232,7 @@ def postprocessing_for(args: argparse.Namespace, regions: tuple[str, ...],
 def _decides(record: dict) -> dict:
     settings = {k: v for k, v in record.get("settings", {}).items()
                 if k not in ("batch", "compile", "device", "probabilities", "postprocessing")}
+    settings["cutoffs"] = settings.get("cutoffs") or {}        # a record without them cut at 0.5
     weights = record.get("weights", {})
     return {"weights": sorted(f.get("sha256") for f in weights.get("files", [])),
             "inference settings of the weights": weights.get("inference"), **settings,
@@ -268,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                           "inference": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(spec).items()}},
               "settings": {**dataclasses.asdict(settings), "device": str(args.device), "labels": args.labels,
-                           "probabilities": args.save_probabilities,
+                           "probabilities": args.save_probabilities, "cutoffs": args.cutoffs,
                            "postprocessing": {"file": pp_file, "min_mm3": pp.min_mm3}},
               "software": software(), "cases": {}, "failed": {}}
     previous = {} if args.overwrite else resumable(earlier, record, args.output)
@@ -285,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            labels, probs, affine, shape = predict_case(predictor, case, args.save_probabilities, EDITIONS[args.labels])
+            labels, probs, affine, shape = predict_case(predictor, case, args.save_probabilities, EDITIONS[args.labels],
+                                                        args.cutoffs)
         except UserError as e:
             if args.fail_fast or isinstance(e, SetupError):
                 raise

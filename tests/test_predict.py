@@ -119,6 +119,9 @@ def test_missing_or_broken_weights(tmp_path):
     (["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
     (["--device", "tpu9"], "--device 'tpu9': not a device"),
     (["--postprocessing", "pp.json", "--no-postprocessing"], "--postprocessing and --no-postprocessing exclude"),
+    (["--cutoff", "WT=1.2"], "--cutoff: 'WT=1.2': give REGION=P, REGION one of WT, TC, ET, RC and P a probability"),
+    (["--cutoff", "XX=0.5"], "--cutoff: 'XX=0.5': give REGION=P"),
+    (["--cutoff", "WT"], "--cutoff: 'WT': give REGION=P"),
 ])
 def test_bad_arguments_are_one_line_each(tmp_path, weights, capsys, args, words):
     if "cuda" in args and torch.cuda.is_available():
@@ -197,7 +200,7 @@ def test_settings_default_to_the_evaluate_stage_and_are_recorded(tmp_path, weigh
     record = json.loads((tmp_path / "a" / "predictions.json").read_text())
     assert record["settings"] == {"overlap": 0.25, "batch": 3, "mirror": True, "precision": "fp32", "compile": False,
                                   "device": "cpu",
-                                  "probabilities": False, "labels": "2024",
+                                  "probabilities": False, "labels": "2024", "cutoffs": {},
                                   "postprocessing": {"file": None, "min_mm3": Postprocessing.none().min_mm3}}
     assert record["weights"]["files"] == [{"path": str(weights),
                                            "sha256": hashlib.sha256(open(weights, "rb").read()).hexdigest()}]
@@ -224,6 +227,43 @@ def test_probabilities_on_the_input_grid(tmp_path, weights, small_case):
     assert tuple(saved["regions"]) == MODEL_REGIONS and np.allclose(saved["affine"], lps_affine)
     written = np.asanyarray(nib.load(tmp_path / "out" / "BraTS-GLI-00002-100.nii.gz").dataobj)
     assert (regions_to_labels(probs > 127.5) == written).mean() > 0.999   # the mask is the thresholded probs
+
+
+def test_a_region_cutoff_cuts_that_region_only():
+    """cut(): each region above its own cut-off (0.5 for the rest), painted as at 0.5: by hand on
+    four voxels, WT at 0.8."""
+    from brats import MODEL_REGIONS, PAINT
+    #                      voxel:  0     1     2     3
+    probs = torch.tensor([[0.90, 0.70, 0.60, 0.40],      # WT
+                          [0.60, 0.60, 0.20, 0.10],      # TC
+                          [0.10, 0.60, 0.10, 0.10],      # ET
+                          [0.00, 0.00, 0.00, 0.00]])     # RC
+    assert MODEL_REGIONS == ("WT", "TC", "ET", "RC")
+    assert predict.cut(probs, MODEL_REGIONS, {}, PAINT).tolist() == [1, 3, 2, 0]
+    # WT at 0.8: voxel 1 and 2 leave WT; TC and ET still paint over it where they fire (as at 0.5)
+    assert predict.cut(probs, MODEL_REGIONS, {"WT": 0.8}, PAINT).tolist() == [1, 3, 0, 0]
+    assert predict.cut(probs, MODEL_REGIONS, {"ET": 0.65, "TC": 0.55}, PAINT).tolist() == [1, 1, 2, 0]
+
+
+def test_cutoff_is_applied_to_the_written_mask_and_recorded(tmp_path, weights, small_case):
+    import json
+    images, _, affine = small_case
+    write_case(tmp_path / "in", "BraTS-GLI-00002-100", images, None, affine)
+    common = ["--weights", weights, "--input", str(tmp_path / "in"), "--no-mirror", "--no-postprocessing"]
+    assert run([*common, "--output", str(tmp_path / "plain"), "--save-probabilities"]) == 0
+    probs = np.load(tmp_path / "plain" / "BraTS-GLI-00002-100.probs.npz")["probabilities"] / 255.0
+    plain = np.asanyarray(nib.load(tmp_path / "plain" / "BraTS-GLI-00002-100.nii.gz").dataobj)
+    et = plain == 3                                   # this untrained network paints ET and RC
+    level = round(float(np.median(probs[2][et])), 3)  # half its ET voxels' probability
+    assert et.sum() > 100 and level > 0.5
+    assert run([*common, "--output", str(tmp_path / "cut"), "--cutoff", f"ET={level}"]) == 0
+    cut = np.asanyarray(nib.load(tmp_path / "cut" / "BraTS-GLI-00002-100.nii.gz").dataobj)
+    # the cut-off takes the ET voxels at or below it out of ET, and changes no other voxel
+    gone = et & (cut != 3)
+    assert 0.3 < gone.sum() / et.sum() < 0.7 and np.all(probs[2][gone] <= level + 1 / 255)
+    assert np.array_equal(cut[~gone], plain[~gone])
+    recorded = json.loads((tmp_path / "cut" / "predictions.json").read_text())["settings"]["cutoffs"]
+    assert recorded == {"ET": level}
 
 
 def test_existing_outputs_are_kept_unless_overwrite(tmp_path, weights, small_case, capsys):
@@ -273,7 +313,7 @@ def test_an_output_the_record_does_not_hold_is_redone_and_temporaries_go(tmp_pat
 
 
 @pytest.mark.parametrize("change", [["--labels", "2021"], ["--mirror"], ["--overlap", "0.25"],
-                                    ["--postprocessing"], ["--weights"]])
+                                    ["--postprocessing"], ["--weights"], ["--cutoff", "WT=0.7"]])
 def test_resuming_with_other_weights_or_settings_is_refused(tmp_path, weights, small_case, change):
     images, _, affine = small_case
     for name in ("BraTS-GLI-00001-100", "BraTS-GLI-00002-100"):
