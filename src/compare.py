@@ -15,7 +15,9 @@ Cases are paired by id; every run must hold the same cases (one line names what 
 and region: each side's mean (over cases of the replica-averaged scores) with the spread of its
 replicas' means, the mean paired difference with its 95 % interval (src/stats.py: bootstrap over
 cases, widened by the seed spread when both sides have replicas), and a verdict: better, worse or
-within noise. Prints a Markdown table (as `dvc metrics diff --md`), writes `<out>/comparison.json`
+within noise. `--matched`: the candidate's runs are the baseline's models, in the same order, judged
+another way (other cut-offs, other post-processing); the seed noise is then the spread of each
+model's own change, not of the two sides' means. Prints a Markdown table (as `dvc metrics diff --md`), writes `<out>/comparison.json`
 and a forest plot `<out>/comparison.png`.
 """
 
@@ -153,8 +155,9 @@ def matrix(side: dict[str, Scores], cases: list[str], column: str) -> np.ndarray
 
 
 def compare(baseline: dict[str, Scores], candidate: dict[str, Scores], metrics: tuple[str, ...] = METRICS,
-            regions: tuple[str, ...] = REGIONS) -> tuple[list[str], list[dict]]:
-    """The paired cases and one row per (metric, region) that every run scored."""
+            regions: tuple[str, ...] = REGIONS, matched: bool = False) -> tuple[list[str], list[dict]]:
+    """The paired cases and one row per (metric, region) that every run scored; `matched`: the i-th
+    candidate run is the i-th baseline model judged another way."""
     labels = {**{f"baseline {k}": v for k, v in baseline.items()},
               **{f"candidate {k}": v for k, v in candidate.items()}}
     cases = check_same_cases(labels)
@@ -165,7 +168,7 @@ def compare(baseline: dict[str, Scores], candidate: dict[str, Scores], metrics: 
             if not all(column in scores[cases[0]] for scores in labels.values()):
                 continue
             d = paired(matrix(baseline, cases, column), matrix(candidate, cases, column),
-                       higher_is_better=metric not in LOWER_IS_BETTER)
+                       higher_is_better=metric not in LOWER_IS_BETTER, matched=matched)
             rows.append({"metric": metric, "region": region, **row_fields(d)})
     if not rows:
         raise UserError(f"no column {metrics[0]}_<region> is in every run: the runs hold "
@@ -211,7 +214,10 @@ def notes(result: dict) -> list[str]:
     n, rows = len(result["cases"]), result["rows"]
     out = [f"baseline: {', '.join(result['baseline']['runs'])} ({nb} run{'s' * (nb > 1)}); candidate: "
            f"{', '.join(result['candidate']['runs'])} ({nc} run{'s' * (nc > 1)}); {n} cases paired by id."]
-    if nb > 1 and nc > 1:
+    if result.get("matched") and nb > 1:
+        out.append("Matched: each candidate run is the baseline's model at the same place, judged another way; "
+                   "the interval adds the spread of the models' own changes to the bootstrap over cases.")
+    elif nb > 1 and nc > 1:
         out.append("Baseline and candidate: mean ± sd of the runs' means (training-seed spread); the interval "
                    "adds that spread to the bootstrap over cases.")
     else:
@@ -252,17 +258,21 @@ def forest_plot(path: Path, result: dict) -> None:
 
 
 def run(baseline: list[str], candidate: list[str], metrics: tuple[str, ...] = METRICS,
-        primary: tuple[str, str] = ("iou", "WT"), repo: Path = ROOT, cases_csv: str = CASES_CSV) -> dict:
+        primary: tuple[str, str] = ("iou", "WT"), repo: Path = ROOT, cases_csv: str = CASES_CSV,
+        matched: bool = False) -> dict:
     """Load both sides, compare them, and return the result (what comparison.json holds)."""
     for side, runs in (("baseline", baseline), ("candidate", candidate)):
         if len(set(runs)) != len(runs):
             raise UserError(f"--{side} names a run twice: {', '.join(runs)}")
+    if matched and len(baseline) != len(candidate):
+        raise UserError(f"--matched pairs the runs in order: give as many candidates as baselines "
+                        f"({len(candidate)} vs {len(baseline)})")
     a = {r: load_run(r, repo, cases_csv) for r in baseline}
     b = {r: load_run(r, repo, cases_csv) for r in candidate}
-    cases, rows = compare(a, b, metrics)
+    cases, rows = compare(a, b, metrics, matched=matched)
     chosen = [r for r in rows if (r["metric"], r["region"]) == primary]
     return {"baseline": {"runs": baseline}, "candidate": {"runs": candidate}, "cases": cases,
-            "level": LEVEL, "method": f"percentile bootstrap over cases, {RESAMPLES} resamples (src/stats.py)",
+            "matched": matched, "level": LEVEL, "method": f"percentile bootstrap over cases, {RESAMPLES} resamples (src/stats.py)",
             "rows": rows, "primary": chosen[0] if chosen else None}
 
 
@@ -279,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="the comparison decided in advance (default iou.WT)")
     ap.add_argument("--out", type=Path, default=Path("comparison"),
                     help="folder for comparison.json and comparison.png (default ./comparison)")
+    ap.add_argument("--matched", action="store_true",
+                    help="the candidate runs are the baseline's models in the same order, judged another way "
+                         "(other cut-offs or post-processing)")
     ap.add_argument("--cases-csv", default=CASES_CSV,
                     help=f"the per-case file inside a revision, relative to the repository (default {CASES_CSV})")
     args = ap.parse_args(argv)
@@ -286,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     if metric not in ALL_METRICS or region not in REGIONS:
         ap.error(f"--primary {args.primary}: give METRIC.REGION, e.g. iou.WT (metrics {', '.join(ALL_METRICS)}; "
                  f"regions {', '.join(REGIONS)})")
-    result = run(args.baseline, args.candidate, tuple(args.metrics), (metric, region), cases_csv=args.cases_csv)
+    result = run(args.baseline, args.candidate, tuple(args.metrics), (metric, region), cases_csv=args.cases_csv,
+                 matched=args.matched)
     write_json(args.out / "comparison.json", result)
     forest_plot(args.out / "comparison.png", result)
     print(markdown(result))

@@ -13,6 +13,9 @@ A comparison (`paired`) pairs the cases by id, averages each side's replicas (tr
 case, and bootstraps the mean per-case difference. With two or more replicas a side, the spread of
 the replicas' means (the training-seed noise, which resampling cases cannot see) widens the interval:
 half-widths add in quadrature with 1.96 standard errors of the difference of the two seed means.
+When the same replicas score both sides (`matched`: one model per seed, judged two ways, such as at
+two probability cut-offs), the seed noise is that of each replica's own change instead: 1.96
+standard errors of the per-replica mean differences.
 """
 
 from __future__ import annotations
@@ -83,11 +86,15 @@ def verdict(ci: tuple[float, float] | None, higher_is_better: bool = True) -> st
     return "within noise"
 
 
-def paired(baseline: np.ndarray, candidate: np.ndarray, higher_is_better: bool = True) -> Difference:
-    """Compare per-case scores of shape (replicas, cases), the cases in the same order on both sides."""
+def paired(baseline: np.ndarray, candidate: np.ndarray, higher_is_better: bool = True,
+           matched: bool = False) -> Difference:
+    """Compare per-case scores of shape (replicas, cases), the cases in the same order on both sides;
+    `matched`: row i of both sides is the same replica (the same trained model)."""
     a, b = np.atleast_2d(np.asarray(baseline, np.float64)), np.atleast_2d(np.asarray(candidate, np.float64))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired scores need the same cases on both sides ({a.shape[1]} vs {b.shape[1]})")
+    if matched and a.shape[0] != b.shape[0]:
+        raise ValueError(f"matched replicas need as many on both sides ({a.shape[0]} vs {b.shape[0]})")
     diff = b.mean(axis=0) - a.mean(axis=0)                 # per case, replica-averaged
     change = float(diff.mean())
     ci = mean_interval(diff)
@@ -96,7 +103,10 @@ def paired(baseline: np.ndarray, candidate: np.ndarray, higher_is_better: bool =
     sds = tuple(float(x.mean(axis=1).std(ddof=1)) if x.shape[0] > 1 else None for x in (a, b))
     total = None
     if ci is not None and sds[0] is not None and sds[1] is not None:
-        seed_half = Z * math.sqrt(sds[0] ** 2 / a.shape[0] + sds[1] ** 2 / b.shape[0])
+        if matched:
+            seed_half = Z * float((b - a).mean(axis=1).std(ddof=1)) / math.sqrt(a.shape[0])
+        else:
+            seed_half = Z * math.sqrt(sds[0] ** 2 / a.shape[0] + sds[1] ** 2 / b.shape[0])
         total = (change - math.hypot(change - ci[0], seed_half), change + math.hypot(ci[1] - change, seed_half))
     return Difference(float(a.mean()), float(b.mean()), change, ci, sds, total,
                       verdict(total or ci, higher_is_better))

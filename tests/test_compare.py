@@ -124,6 +124,24 @@ def test_a_benchmark_score_file_is_a_run_and_a_stranger_json_is_one_line(tmp_pat
         compare.run([str(a)], [str(tmp_path / "other.json")], metrics=("iou",))
 
 
+def test_matched_runs_are_judged_on_each_models_own_change(tmp_path, capsys):
+    """Two models 0.1 apart on every case, each judged another way that gains it 0.04 and 0.06: as
+    independent runs the 0.1 spread of the sides' means swamps the +0.05, matched it is better; and
+    matched runs must come in equal numbers."""
+    m1, m2 = (write_scores(tmp_path / f"m{i}.csv", CASES, BASE + d) for i, d in ((1, 0.0), (2, 0.1)))
+    c1, c2 = (write_scores(tmp_path / f"c{i}.csv", CASES, BASE + d) for i, d in ((1, 0.04), (2, 0.16)))
+    runs = ([str(m1), str(m2)], [str(c1), str(c2)])
+    assert compare.run(*runs, metrics=("iou",))["primary"]["verdict"] == "within noise"
+    matched = compare.run(*runs, metrics=("iou",), matched=True)
+    assert matched["primary"]["verdict"] == "better" and matched["primary"]["change"] == pytest.approx(0.05, abs=1e-4)
+    half = 1.96 * np.std([0.04, 0.06], ddof=1) / np.sqrt(2)      # the cases alone give a zero-width interval
+    assert matched["primary"]["ci95"] == pytest.approx([0.05 - half, 0.05 + half], abs=2e-4)
+    compare.main(["-a", *runs[0], "-b", *runs[1], "--matched", "--metrics", "iou", "--out", str(tmp_path / "o")])
+    assert "Matched: each candidate run is the baseline's model" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--matched pairs the runs in order: give as many candidates as baselines"):
+        compare.run(*runs[:1], [str(c1)], metrics=("iou",), matched=True)
+
+
 def test_command_line_writes_table_json_and_forest_plot(tmp_path, capsys):
     a = write_scores(tmp_path / "a.csv", CASES, BASE)
     b = write_scores(tmp_path / "b.csv", CASES, BASE - np.linspace(0.01, 0.06, 6)[:, None])

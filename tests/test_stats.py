@@ -72,6 +72,22 @@ def test_replicas_widen_the_interval_by_the_seed_spread():
     assert (d.baseline, d.candidate) == pytest.approx((cases.mean() + 0.05, cases.mean() + 0.1))
 
 
+def test_matched_replicas_take_the_spread_of_their_own_changes():
+    """The same two seeds judged two ways: seed 1 gains 0.04 on every case, seed 2 0.06. Each side's
+    seed means are 0.1 apart (sd 0.0707), but the changes only 0.02 apart (sd 0.01414): matched, the
+    seed term is 1.96 * 0.01414 / sqrt(2) = 0.0196; unmatched it would be 1.96 * 0.0707."""
+    cases = np.array([0.6, 0.7, 0.8, 0.65, 0.75])
+    base = np.stack([cases, cases + 0.1])
+    cand = np.stack([cases + 0.04, cases + 0.16])
+    d = paired(base, cand, matched=True)
+    assert d.change == pytest.approx(0.05) and d.ci == pytest.approx((0.05, 0.05))
+    half = Z * math.sqrt(0.0002) / math.sqrt(2)
+    assert d.total_ci == pytest.approx((0.05 - half, 0.05 + half)) and d.verdict == "better"
+    assert paired(base, cand).verdict == "within noise"
+    with pytest.raises(ValueError, match="as many on both sides"):
+        paired(base, cand[:1], matched=True)
+
+
 def test_verdict_words():
     assert verdict((0.01, 0.03)) == "better" and verdict((-0.03, -0.01)) == "worse"
     assert verdict((-0.01, 0.02)) == "within noise" and verdict((0.0, 0.02)) == "within noise"
