@@ -5,7 +5,8 @@ real cases, and compare the real cases' statistics with the synthetic ones'.
                              [--out bench/results/sim2real.json] [--work /tmp/sim2real] [--plot FILE.png]
                              [--params params.yaml] [--no-score]
     python bench/sim2real.py --data REAL_DIR --seeds 2024 1 2 --work /tmp/sim2real [-S key=value ...]
-                             [--development 2013 TCIA01 ...] [--reuse] [--jobs N] [--out FILE]
+                             [--development 2013 TCIA01 ...] [--cutoffs 0.6 0.7 ...] [--reuse] [--jobs N]
+                             [--out FILE]
     python bench/sim2real.py --train-only --seeds 2024 1 2 --work /tmp/sim2real [-S ...] [--jobs N]
 
 REAL_DIR: real cases with their labels, in any layout the pipeline reads (src/editions.py). Nothing is
@@ -38,10 +39,15 @@ model is scored as above; the result adds the mean ± sd over the seeds' means, 
 per-case scores with their interval and per-institution means (bench/report.py's pool), each seed's
 IoU on its own synthetic test split (`synthetic_test`: what `dvc repro` would report), and, when
 `--development` names institutions, the same split in two: the institutions generator candidates are
-chosen on, and the rest, which confirm. `--reuse` keeps a seed whose model a former run into the same
-WORK finished. `--jobs N` trains N seeds at once (each its own processes; on a GPU machine with cores
-to spare). `--train-only` trains and stops, without `--data`: train on a machine without the real
-cases, copy WORK's seed folders back, then score them with `--reuse`.
+chosen on, and the rest, which confirm. `--cutoffs` (with `--development`) also keeps each case's
+region probabilities (predict.py's `--save-probabilities`) and scores WT, TC and ET at each cut-off,
+before post-processing; each region's cut-off is chosen on the development institutions (mean Dice
+over their cases and the seeds) and its change against 0.5 reported on the rest, paired over the
+seeds' per-case Dice with its 95 % interval, and per institution. `--reuse` keeps a seed whose
+model a former run into the same WORK finished. `--jobs N` trains N seeds at once (each its own
+processes; on a GPU machine with cores to spare). `--train-only` trains and stops, without `--data`:
+train on a machine without the real cases, copy WORK's seed folders back, then score them with
+`--reuse`.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from report import institution, pool  # noqa: E402
 from report import summarise as summarise_scores  # noqa: E402
 import real  # noqa: E402
 
+CUTOFF_REGIONS = ("WT", "TC", "ET")
 TARGETS = {"WT dice": 0.75, "TC dice": 0.65, "min case WT dice": 0.40}
 TISSUES = ("healthy", "SNFH", "ET", "NETC")
 MIN_COMPONENT_CM3 = 0.1
@@ -180,28 +187,121 @@ def whole_tumour_volumes(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
             "missed_share_WT": round(float((g & ~p).sum() / n), 4)}
 
 
-def score(data: Path, weights: Path, work: Path, params: Path) -> dict:
+def cutoff_dice(probs_file: Path, gt: np.ndarray, cutoffs: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    """{region: {cut-off: Dice}} for WT, TC and ET: each region's probability (predict.py's
+    --save-probabilities, before post-processing) above the cut-off against the expert's region."""
+    from brats import region_mask
+    with np.load(probs_file) as f:
+        probs, regions = f["probabilities"], [str(r) for r in f["regions"]]
+    out = {}
+    for region in CUTOFF_REGIONS:
+        expert = region_mask(gt, region)
+        p = probs[regions.index(region)]
+        out[region] = {}
+        for c in cutoffs:
+            mask = p > c * 255            # uint8 probabilities: value / 255
+            total = int(mask.sum()) + int(expert.sum())
+            dice = 1.0 if total == 0 else 2.0 * int((mask & expert).sum()) / total
+            out[region][f"{c:g}"] = round(dice, 4)
+    return out
+
+
+def _best_cutoff(dice: dict[str, np.ndarray], idx: list[int]) -> tuple[str, dict[str, float]]:
+    """The cut-off with the best mean Dice over the cases `idx` (and the seeds, the rows of each
+    `dice` array), ties going to the one nearest 0.5; and every cut-off's mean."""
+    means = {c: float(d[:, idx].mean()) for c, d in dice.items()}
+    best = max(means.values())
+    return min((c for c, v in means.items() if v >= best - 1e-12), key=lambda c: abs(float(c) - 0.5)), means
+
+
+def _judged(at_half: np.ndarray, at_cut: np.ndarray, cases: list[str]) -> dict:
+    """The paired change from 0.5 to a cut-off over (seeds, cases) Dice, with per-institution means."""
+    from stats import paired
+    diff = paired(at_half, at_cut, matched=True)      # the same models, cut two ways
+    sites: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        sites.setdefault(institution(case), []).append(i)
+    return {"cases": len(cases), "at_0.5": round(diff.baseline, 4), "at_chosen": round(diff.candidate, 4),
+            "change": round(diff.change, 4),
+            "ci95": None if diff.judged_on is None else [round(v, 4) for v in diff.judged_on],
+            "verdict": diff.verdict,
+            "institutions": {site: {"cases": len(i), "at_0.5": round(float(at_half[:, i].mean()), 4),
+                                    "at_chosen": round(float(at_cut[:, i].mean()), 4)}
+                             for site, i in sorted(sites.items())}}
+
+
+def choose_cutoffs(runs: dict[str, dict[str, dict]], development: list[str]) -> dict:
+    """Per region, the cut-off with the best mean Dice over the development institutions' cases,
+    averaged over the seeds (ties: the one nearest 0.5), and what it does on the other institutions'
+    cases against 0.5 (`confirmation`): the paired change over the seeds' per-case Dice (src/stats.py:
+    95 % interval over cases, widened by the seed spread), the seed-averaged mean and per-institution
+    means at both. `institution_out` chooses once per institution on all the others and judges each
+    case at the cut-off chosen without its institution, so all cases are judged on a choice they took
+    no part in. `runs`: {seed: {case: {region: {cut-off: Dice}}}}, every seed with the same cases and
+    cut-offs."""
+    seeds = sorted(runs)
+    cases = sorted(runs[seeds[0]])
+    sites = sorted({institution(c) for c in cases})
+    dev = [i for i, c in enumerate(cases) if institution(c) in development]
+    rest = [i for i, c in enumerate(cases) if institution(c) not in development]
+    out = {}
+    for region in CUTOFF_REGIONS:
+        cuts = list(runs[seeds[0]][cases[0]][region])
+        dice = {c: np.array([[runs[s][case][region][c] for case in cases] for s in seeds]) for c in cuts}
+        chosen, on_dev = _best_cutoff(dice, dev)
+        own = {s: float(_best_cutoff({c: d[[seeds.index(s)]] for c, d in dice.items()}, dev)[0]) for s in seeds}
+        entry = {"chosen": float(chosen), "development_dice": {c: round(v, 4) for c, v in on_dev.items()},
+                 "each_seed_would_choose": own}
+        if rest:
+            entry["confirmation"] = _judged(dice["0.5"][:, rest], dice[chosen][:, rest], [cases[i] for i in rest])
+        if len(sites) > 1:
+            held = np.empty_like(dice["0.5"])
+            picks = {}
+            for site in sites:
+                inside = [i for i, c in enumerate(cases) if institution(c) == site]
+                pick = _best_cutoff(dice, [i for i in range(len(cases)) if i not in inside])[0]
+                picks[site] = float(pick)
+                held[:, inside] = dice[pick][:, inside]
+            entry["institution_out"] = {"chosen": picks, **_judged(dice["0.5"], held, cases)}
+        out[region] = entry
+    return out
+
+
+def change_line(judged: dict) -> str:
+    """`Dice 0.612 at 0.5 -> 0.655 (+0.043, 95 % +0.010 to +0.077: better)` for a `_judged` entry."""
+    ci = judged["ci95"]
+    interval = "-" if ci is None else f"{ci[0]:+.3f} to {ci[1]:+.3f}"
+    return (f"Dice {judged['at_0.5']:.3f} at 0.5 -> {judged['at_chosen']:.3f} "
+            f"({judged['change']:+.3f}, 95 % {interval}: {judged['verdict']})")
+
+
+def score(data: Path, weights: Path, work: Path, params: Path, cutoffs: tuple[float, ...] = ()) -> dict:
     """predict.py on every case of `data` with the evaluate stage's settings, scored by the evaluate
-    stage's scorer on each case's own grid."""
+    stage's scorer on each case's own grid; with `cutoffs`, also each region's Dice at each
+    probability cut-off (`cutoff_dice`, before post-processing)."""
     import evaluate
     import predict
     pred = work / "predictions"
     started = time.perf_counter()
     if predict.main(["--weights", str(weights), "--input", str(data), "--output", str(pred),
-                     "--params", str(params)]) != 0:
+                     "--params", str(params)] + (["--save-probabilities"] if cutoffs else [])) != 0:
         raise SystemExit("error: predict.py failed on some case (see above)")
     seconds = time.perf_counter() - started
     scored = evaluate.score_folders(pred, data)
     per_case = {case: {f"{k}_{r}": round(float(s[r][k]), 4) for r in ("WT", "TC", "ET", "SNFH", "NETC")
                        for k in ("dice", "iou", "lesionwise_dice")} for case, s in scored["cases"].items()}
+    at_cutoffs = {}
     for case, (gt_path, edition) in evaluate.ground_truths(data).items():
-        per_case[case].update(whole_tumour_volumes(evaluate.load_labels(pred / f"{case}.nii.gz", case)[0],
-                                                   evaluate.load_labels(gt_path, case, edition)[0]))
+        gt = evaluate.load_labels(gt_path, case, edition)[0]
+        per_case[case].update(whole_tumour_volumes(evaluate.load_labels(pred / f"{case}.nii.gz", case)[0], gt))
+        if cutoffs:
+            at_cutoffs[case] = cutoff_dice(pred / f"{case}.probs.npz", gt, cutoffs)
     summary = summarise_scores(per_case)    # means, 95 % intervals over cases, per-institution means
     mean = summary["mean"]
     wt = [c["dice_WT"] for c in per_case.values()]
     reached = {"WT dice": mean["dice_WT"], "TC dice": mean["dice_TC"], "min case WT dice": min(wt)}
     return {"per_case": per_case, **summary, "predict_seconds": round(seconds, 1),
+            **({"cutoff_dice": at_cutoffs} if cutoffs else {}),
             "targets": {k: {"target": TARGETS[k], "measured": round(v, 4), "met": v >= TARGETS[k]}
                         for k, v in reached.items()}}
 
@@ -300,11 +400,12 @@ def seeds(args: argparse.Namespace) -> dict:
            "synthetic_test": synthetic_test(folders)}
     if args.train_only:
         return out
-    runs = {}
+    runs, at_cutoffs = {}, {}
     for seed, (folder, _) in trained.items():
         print(f"seed {seed}: scoring on {args.data}")
-        scored = score(args.data, folder / "models", folder, folder / "params.yaml")
+        scored = score(args.data, folder / "models", folder, folder / "params.yaml", args.cutoffs)
         runs[str(seed)] = scored["per_case"]
+        at_cutoffs[str(seed)] = scored.get("cutoff_dice")
         write_json(args.work / f"seed-{seed}" / "score.json", scored)
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scored["mean"].items()
                                            if k in ("dice_WT", "dice_TC", "dice_ET")))
@@ -320,6 +421,8 @@ def seeds(args: argparse.Namespace) -> dict:
                           for s in runs]
             if out["split"][part]:
                 out["split"][part]["seed_means_dice_WT"] = [round(m, 4) for m in seed_means]
+        if args.cutoffs:
+            out["cutoffs"] = choose_cutoffs(at_cutoffs, args.development)
     return out
 
 
@@ -375,6 +478,9 @@ def main() -> None:
     ap.add_argument("--development", nargs="+", default=[],
                     help="with --seeds: institutions (2013, CBICA, TCIA01 ...) candidates are chosen on; "
                     "the rest confirm")
+    ap.add_argument("--cutoffs", type=float, nargs="+", default=(),
+                    help="with --seeds and --development: probability cut-offs to choose each region's from on "
+                    "the development institutions (0.5 is always one)")
     ap.add_argument("--reuse", action="store_true", help="with --seeds: keep seeds a former run into WORK trained")
     ap.add_argument("--jobs", type=int, default=1, help="with --seeds: seeds trained at once (default 1)")
     ap.add_argument("--train-only", action="store_true",
@@ -384,6 +490,14 @@ def main() -> None:
         ap.error("--train-only needs --seeds")
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: give 1 or more")
+    if args.cutoffs:
+        if not (args.seeds and args.development) or args.train_only:
+            ap.error("--cutoffs needs --seeds and --development (the cut-off is chosen on the development "
+                     "institutions), and scoring (not --train-only)")
+        bad = [c for c in args.cutoffs if not 0 < c < 1]
+        if bad:
+            ap.error(f"--cutoffs {' '.join(f'{c:g}' for c in bad)}: give probabilities between 0 and 1")
+        args.cutoffs = tuple(sorted(set(args.cutoffs) | {0.5}))
     if args.data is None and not args.train_only:
         ap.error("--data is needed (a folder of real cases with labels), except with --seeds ... --train-only")
     if args.seeds:
@@ -419,6 +533,14 @@ def main() -> None:
             if figures:
                 print(f"{part}: WT Dice {figures['mean']['dice_WT']:.3f} ({figures['ci95']['dice_WT']}), "
                       f"TC {figures['mean']['dice_TC']:.3f}, per seed WT {figures['seed_means_dice_WT']}")
+        for region, entry in (result.get("cutoffs") or {}).items():
+            print(f"{region} cut-off chosen on the development institutions: {entry['chosen']:g}")
+            if entry.get("confirmation"):
+                print(f"  on the other {entry['confirmation']['cases']} cases: {change_line(entry['confirmation'])}")
+            if entry.get("institution_out"):
+                picks = ", ".join(f"{k} {v:g}" for k, v in entry["institution_out"]["chosen"].items())
+                print(f"  each institution at the cut-off chosen on the others ({picks}): "
+                      f"{change_line(entry['institution_out'])}")
         print(f"wrote {args.out}")
         return
     for folder in (args.data, args.synthetic):

@@ -426,10 +426,12 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
     assert not list((tmp_path / "work").rglob("score.json"))
     # then scored on the labelled cases, reusing both models
     done = subprocess.run([sys.executable, "bench/sim2real.py", "--data", str(cases), "--seeds", "3", "4", "--reuse",
-                           "--work", str(tmp_path / "work"), "--development", "all", "--out", str(out), *overrides],
+                           "--work", str(tmp_path / "work"), "--development", "all", "--cutoffs", "0.7", "0.3",
+                           "--out", str(out), *overrides],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert set(result["cutoffs"]) == {"WT", "TC", "ET"} and "confirmation" not in result["cutoffs"]["WT"]
     assert result["train_minutes"] == {"3": 0.0, "4": 0.0}
     assert result["synthetic_test"] == trained["synthetic_test"]
     assert result["trained_with"] == trained["trained_with"]     # reused: read from the seeds' params
@@ -439,7 +441,22 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
         folder = tmp_path / "work" / f"seed-{seed}"
         params = yaml.safe_load((folder / "params.yaml").read_text())
         assert params["base"]["seed"] == seed and params["train"]["seed"] == seed
-        per_seed[seed] = json.loads((folder / "score.json").read_text())["per_case"]
+        scored = json.loads((folder / "score.json").read_text())
+        per_seed[seed] = scored["per_case"]
+        # each region's Dice at each cut-off, as numpy computes it from the kept probabilities
+        from brats import region_mask
+        from nifti import read_case
+        from editions import find_cases
+        case = find_cases(cases, "").cases[0]
+        with np.load(folder / "predictions" / f"{case.name}.probs.npz") as f:
+            probs, regions = f["probabilities"] / 255.0, [str(r) for r in f["regions"]]
+        gt = read_case(case, with_seg=True).seg
+        for region in ("WT", "ET"):
+            expert = region_mask(gt, region)
+            for cut in (0.3, 0.5, 0.7):
+                mask = probs[regions.index(region)] > cut
+                expected = 1.0 if not (mask.any() or expert.any()) else 2 * (mask & expert).sum() / (mask.sum() + expert.sum())
+                assert scored["cutoff_dice"][case.name][region][f"{cut:g}"] == pytest.approx(expected, abs=1e-4)
         assert sorted(per_seed[seed]) == names
         assert result["per_run"][str(seed)]["dice_WT"] == pytest.approx(
             np.mean([per_seed[seed][c]["dice_WT"] for c in names]), abs=1e-4)
@@ -459,6 +476,56 @@ def test_sim2real_trains_one_model_per_seed_and_pools_them(tmp_path, tiny_data):
 ])
 def test_sim2real_bad_arguments_are_one_line(tmp_path, args, message):
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "sim2real.py"), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(message)
+    assert not (tmp_path / "W").exists()
+
+
+def test_sim2real_cutoff_is_chosen_on_development_institutions_and_judged_on_the_rest():
+    """Two seeds, two development cases (2013) where 0.7 is best, two others where it is not: 0.7 is
+    chosen, and its change on the others is the seed-averaged per-case difference, by hand."""
+    sim2real = bench_module("sim2real")
+
+    def case(at_03, at_05, at_07):
+        return {r: {"0.3": at_03, "0.5": at_05, "0.7": at_07} for r in ("WT", "TC", "ET")}
+    runs = {"1": {"Brats18_2013_1_1": case(0.5, 0.6, 0.8), "Brats18_2013_2_1": case(0.4, 0.6, 0.7),
+                  "Brats18_CBICA_AAA_1": case(0.3, 0.6, 0.5), "Brats18_TCIA10_1_1": case(0.9, 0.9, 0.9)},
+            "2": {"Brats18_2013_1_1": case(0.5, 0.7, 0.7), "Brats18_2013_2_1": case(0.5, 0.5, 0.9),
+                  "Brats18_CBICA_AAA_1": case(0.3, 0.4, 0.3), "Brats18_TCIA10_1_1": case(0.8, 0.7, 0.8)}}
+    chosen = sim2real.choose_cutoffs(runs, ["2013"])["WT"]
+    assert chosen["chosen"] == 0.7
+    assert chosen["development_dice"] == {"0.3": 0.475, "0.5": 0.6, "0.7": 0.775}
+    assert chosen["each_seed_would_choose"] == {"1": 0.7, "2": 0.7}
+    confirmation = chosen["confirmation"]
+    # CBICA: (0.5+0.3)/2 - (0.6+0.4)/2 = -0.1; TCIA10: (0.9+0.8)/2 - (0.9+0.7)/2 = +0.05
+    assert confirmation["cases"] == 2 and confirmation["change"] == pytest.approx(-0.025)
+    assert confirmation["at_0.5"] == pytest.approx(0.65) and confirmation["at_chosen"] == pytest.approx(0.625)
+    assert confirmation["institutions"] == {"CBICA": {"cases": 1, "at_0.5": 0.5, "at_chosen": 0.4},
+                                            "TCIA10": {"cases": 1, "at_0.5": 0.8, "at_chosen": 0.85}}
+    # each institution out in turn: chosen on the other two (2013 out: 0.5 from CBICA and TCIA10's
+    # 0.575 / 0.65 / 0.625; CBICA out or TCIA10 out: 0.7), each case judged at its own institution's
+    held_out = chosen["institution_out"]
+    assert held_out["chosen"] == {"2013": 0.5, "CBICA": 0.7, "TCIA10": 0.7}
+    # 2013 unchanged, CBICA -0.1, TCIA10 +0.05: (0 + 0 - 0.1 + 0.05) / 4
+    assert held_out["cases"] == 4 and held_out["change"] == pytest.approx(-0.0125)
+    assert held_out["at_0.5"] == pytest.approx(0.625) and held_out["at_chosen"] == pytest.approx(0.6125)
+    assert held_out["institutions"]["2013"] == {"cases": 2, "at_0.5": 0.6, "at_chosen": 0.6}
+    assert held_out["institutions"]["TCIA10"] == {"cases": 1, "at_0.5": 0.8, "at_chosen": 0.85}
+    # a tie goes to the cut-off nearest 0.5
+    tied = {"1": {"Brats18_2013_1_1": case(0.7, 0.7, 0.7)}}
+    assert sim2real.choose_cutoffs(tied, ["2013"])["ET"]["chosen"] == 0.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "D", "--seeds", "1", "--work", "W", "--cutoffs", "0.7"],
+     "--cutoffs needs --seeds and --development (the cut-off is chosen on the development institutions), "
+     "and scoring (not --train-only)"),
+    (["--data", "D", "--seeds", "1", "--work", "W", "--development", "2013", "--cutoffs", "0.7", "1.5", "0"],
+     "--cutoffs 1.5 0: give probabilities between 0 and 1"),
+])
+def test_sim2real_bad_cutoffs_are_one_line(tmp_path, args, message):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "sim2real.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith(message)
     assert not (tmp_path / "W").exists()
