@@ -243,4 +243,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)     # too many folds for the patients, or a full disk: one line
+    # too many folds for the patients, or a full disk: one line; Ctrl-C: what a rerun does
+    run_stage(main, "run the same command again to start over (folds are not resumed)")

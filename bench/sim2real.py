@@ -578,4 +578,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     from errors import run_stage
-    run_stage(main)      # a missing weights file or a bad case: one line, no traceback
+    # a missing weights file or a bad case: one line, no traceback; Ctrl-C: what a rerun does
+    run_stage(main, "the seeds that finished are kept: run it again with --reuse to score them without "
+              "retraining (a seed cut off is trained again from the start)")

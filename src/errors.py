@@ -22,9 +22,14 @@ def describe_os_error(e: OSError) -> str:
     return f"{paths}: {reason}" if paths else reason
 
 
-def run_stage(main: Callable[[], None]) -> None:
+RESUME = ("nothing half-written was kept; run the same command again to continue (the train stage resumes "
+          "from its last finished epoch)")
+
+
+def run_stage(main: Callable[[], None], interrupted: str = RESUME) -> None:
     """Run a stage's main(); report a UserError or an error of the machine (disk, folders, permissions)
-    as one clear line and exit 1, without a traceback; Ctrl-C as one line and exit 130."""
+    as one clear line and exit 1, without a traceback; Ctrl-C as one line (`interrupted`: what a
+    rerun does) and exit 130."""
     try:
         main()
     except UserError as e:
@@ -34,6 +39,5 @@ def run_stage(main: Callable[[], None]) -> None:
         print(f"error: {describe_os_error(e)} (check free space, permissions and the path)", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing half-written was kept; run the same command again to continue (the "
-              "train stage resumes from its last finished epoch)", file=sys.stderr)
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)

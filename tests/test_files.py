@@ -44,6 +44,10 @@ def test_ctrl_c_ends_a_stage_with_one_line(capsys):
     assert stop.value.code == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted:") and "run the same command again" in err and "\n" not in err
+    # a command that does not resume says what a rerun does instead
+    with pytest.raises(SystemExit) as stop:
+        run_stage(interrupted, "run it again with --reuse")
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "interrupted: run it again with --reuse"
 
 
 def _full_disk(*_args) -> None:
