@@ -191,6 +191,7 @@ def cutoff_dice(probs_file: Path, gt: np.ndarray, cutoffs: tuple[float, ...]) ->
     """{region: {cut-off: Dice}} for WT, TC and ET: each region's probability (predict.py's
     --save-probabilities, before post-processing) above the cut-off against the expert's region."""
     from brats import region_mask
+    from metrics import dice
     with np.load(probs_file) as f:
         probs, regions = f["probabilities"], [str(r) for r in f["regions"]]
     out = {}
@@ -199,10 +200,7 @@ def cutoff_dice(probs_file: Path, gt: np.ndarray, cutoffs: tuple[float, ...]) ->
         p = probs[regions.index(region)]
         out[region] = {}
         for c in cutoffs:
-            mask = p > c * 255            # uint8 probabilities: value / 255
-            total = int(mask.sum()) + int(expert.sum())
-            dice = 1.0 if total == 0 else 2.0 * int((mask & expert).sum()) / total
-            out[region][f"{c:g}"] = round(dice, 4)
+            out[region][f"{c:g}"] = round(dice(p > c * 255, expert), 4)     # uint8 probabilities: value / 255
     return out
 
 
