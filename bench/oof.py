@@ -89,15 +89,10 @@ def cut(case: dict, cutoffs: dict[str, float]) -> np.ndarray:
     return regions_to_labels(masks, PAINT)
 
 
-def region_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty (BraTS' convention)."""
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
-
-
 def choose_cutoffs(cases: list[dict]) -> dict[str, float]:
     """Per region, the cut-off of CUTOFFS with the best mean Dice of that region over `cases`."""
     from brats import region_mask
+    from metrics import dice
     chosen = {}
     for region in REGIONS3:
         scores = {}
@@ -105,7 +100,7 @@ def choose_cutoffs(cases: list[dict]) -> dict[str, float]:
             values = []
             for case in cases:
                 i = case["regions"].index(region)
-                values.append(region_dice(case["probs"][i].astype(np.float32) > c, region_mask(case["labels"], region)))
+                values.append(dice(case["probs"][i].astype(np.float32) > c, region_mask(case["labels"], region)))
             scores[c] = float(np.mean(values))
         best = max(scores.values())
         chosen[region] = min((c for c, s in scores.items() if s >= best - 1e-12), key=lambda c: abs(c - 0.5))

@@ -232,7 +232,7 @@ def choose_cutoffs(runs: dict[str, dict[str, dict]], development: list[str]) -> 
     """Per region, the cut-off with the best mean Dice over the development institutions' cases,
     averaged over the seeds (ties: the one nearest 0.5), and what it does on the other institutions'
     cases against 0.5 (`confirmation`): the paired change over the seeds' per-case Dice (src/stats.py:
-    95 % interval over cases, widened by the seed spread), the seed-averaged mean and per-institution
+    95 % interval over cases, widened by the spread of the seeds' own changes), the seed-averaged mean and per-institution
     means at both. `institution_out` chooses once per institution on all the others and judges each
     case at the cut-off chosen without its institution, so all cases are judged on a choice they took
     no part in. `runs`: {seed: {case: {region: {cut-off: Dice}}}}, every seed with the same cases and
