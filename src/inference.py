@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brats import PAINT, regions_to_labels
+from brats import MODALITIES, PAINT, regions_to_labels
 from runtime import autocast_for, memory_format
 
 
@@ -45,6 +45,21 @@ def resize(probs: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         return probs
     return torch.nn.functional.interpolate(probs[None], size=tuple(shape), mode="trilinear",
                                            align_corners=False)[0]
+
+
+def gate_enhancing(probs: torch.Tensor, regions: tuple[str, ...], image: np.ndarray | torch.Tensor,
+                   min_t1c_z: float) -> torch.Tensor:
+    """`probs` (R, X, Y, Z) with the enhancing tumour's probability set to 0 wherever the contrast T1 of
+    `image` (the network's input: z-scored inside the head, at the training spacing), resampled to the
+    probabilities' grid as they were, is not above `min_t1c_z`: enhancing tissue is brighter on the T1c
+    than that. The other regions do not change, so a gated voxel stays tumour core where the core
+    fires (necrosis in the label map). In place; returns `probs`."""
+    if "ET" not in regions:
+        return probs
+    t1c = torch.as_tensor(image)[MODALITIES.index("t1c")].to(probs.device, torch.float32)
+    dark = resize(t1c[None], tuple(probs.shape[1:]))[0] <= min_t1c_z
+    probs[regions.index("ET")].masked_fill_(dark, 0.0)
+    return probs
 
 
 @torch.no_grad()

@@ -208,6 +208,7 @@ class PostprocessParams:
     candidates_mm3: tuple[float, ...] = _num(0.0)
     candidates_fraction: tuple[float, ...] = _num(0.0, 1.0)   # for WT_rel: of the largest WT component
     min_gain: float = _num(0.0, 1.0)    # a rule is switched on only if it raises the score by more
+    enhancing_min_t1c_z: float | None = _num(-5.0, 10.0)   # ET only where the z-scored T1c is above it; null: off
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,10 @@ def _convert(tp: Any, value: Any, key: str, meta: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ParamsError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_convert(a, v, f"{key}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}: expected null, got {value!r}")
+        return None
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ParamsError(f"{key}: expected a path string, got {value!r}")

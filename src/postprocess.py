@@ -7,16 +7,19 @@ data, and as nnU-Net does, on the out-of-fold predictions of the whole training 
 `train.folds` predicts the cases it did not train on (with one fold, the validation split), with the
 evaluate stage's inference settings (`evaluate.overlap`, `batch`, `mirror`, `compile`:
 predictor.Predictor). Each rule's threshold is picked from `postprocess.candidates_mm3`
-(`candidates_fraction` for the relative rule).
+(`candidates_fraction` for the relative rule). With `postprocess.enhancing_min_t1c_z` set, the
+predictions are gated by the T1c first, and the file carries the gate.
 
 Writes `models/postprocessing.json` beside the fold weights (DVC output, pushed and pulled with them)
 with the score before and after, every candidate tried and the SHA-256 of every fold's weights (the
 ensemble the thresholds were chosen for), and `metrics/cv.json`: the cross-validation scores (IoU,
 Dice, lesion-wise Dice per region, with their 95 % interval over the out-of-fold cases under `ci95`,
-with and without the post-processing, and per fold, under "cv").
+with and without the component rules, and per fold, under "cv").
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from tqdm import tqdm
@@ -46,17 +49,18 @@ def out_of_fold(params: Params) -> dict[int, dict[str, Case]]:
     paths = params.paths
     device = default_device()
     settings = Settings.of(params.evaluate, device)
+    gate = Postprocessing.none(params.postprocess.enhancing_min_t1c_z)     # the rules are chosen after the gate
     manifest = load_manifest(paths.preprocessed_dir)
     out: dict[int, dict[str, Case]] = {}
     for fold, weights in zip(params.train.folds, fold_weights(paths.models_dir, params.train.folds)):
-        predictor = Predictor(weights, settings, device)
+        predictor = Predictor(weights, settings, device, gate)
         out[fold] = {}
         for case in tqdm(load_fold(paths.preprocessed_dir, fold)[1], desc=f"predict fold {fold}", unit="case"):
             entry = manifest[case]
             image = open_case(paths.preprocessed_dir, case)[0].read()
             gt = native_labels(paths.preprocessed_dir, case, entry)
             spacing = tuple(entry["native_spacing_mm"])
-            out[fold][case] = (predictor.labels(image, native_shape(entry), spacing)[0], gt, spacing)
+            out[fold][case] = (predictor.labels(image, native_shape(entry), spacing)[1], gt, spacing)
     return out
 
 
@@ -82,8 +86,9 @@ def postprocess(params: Params) -> Postprocessing:
     cases = [c for fold in folds.values() for c in fold.values()]
     if not cases:
         raise UserError("no held-out case to choose the post-processing on (preprocess.val_fraction, train.folds)")
-    pp, record = select(cases, params.postprocess.candidates_mm3, params.postprocess.candidates_fraction,
-                        params.postprocess.min_gain, progress=True)
+    rules, record = select(cases, params.postprocess.candidates_mm3, params.postprocess.candidates_fraction,
+                           params.postprocess.min_gain, progress=True)
+    pp = dataclasses.replace(rules, enhancing_min_t1c_z=params.postprocess.enhancing_min_t1c_z)
     weights = [{"path": w.relative_to(paths.models_dir).as_posix(), "sha256": file_sha256(w)}
                for w in fold_weights(paths.models_dir, params.train.folds)]
     save(paths.models_dir / FILE, pp, record, weights)
@@ -93,6 +98,8 @@ def postprocess(params: Params) -> Postprocessing:
     # under "cv", so that `dvc exp show` columns (cv.iou.WT) do not collide with evaluate.json's (iou.WT)
     write_json(paths.metrics_dir / CV_FILE, {"cv": cv})
     picked = ", ".join(f"{rule} {v:g}" for rule, v in pp.min_mm3.items() if v) or "none"
+    if pp.enhancing_min_t1c_z is not None:
+        picked += f" (after the T1c gate: enhancing tumour where T1c z > {pp.enhancing_min_t1c_z:g})"
     print(f"post-processing (minimum mm³): {picked}; out-of-fold mean lesion-wise Dice "
           f"{record['before']:.4f} -> {record['after']:.4f} on {len(cases)} case(s) of {len(folds)} fold(s); "
           f"WT IoU {cv['iou']['WT']:.4f} (95 % interval {cv['ci95']['iou']['WT']['low']}–{cv['ci95']['iou']['WT']['high']})")

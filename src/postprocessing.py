@@ -13,10 +13,16 @@ that maximises the mean lesion-wise Dice over the six regions given the threshol
 on a tie the smaller value, and 0 = off unless a value does strictly better), and stored as
 `postprocessing.json` beside the weights (`save`, `load`). The postprocess stage chooses it; the
 evaluate stage and src/predict.py apply it.
+
+Before the rules, an optional gate on the image, set by params and not chosen:
+`enhancing_min_t1c_z`, enhancing tumour only where the z-scored T1c is above it (enhancing tissue is
+brighter on the contrast T1 than the head's mean); inference.gate_enhancing applies it to the
+probabilities, predictor.Predictor calls it. It travels in the same file.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +50,12 @@ class Postprocessing:
     the largest component; for a model with `regions` outputs."""
     min_mm3: dict[str, float]
     regions: tuple[str, ...] = MODEL_REGIONS
+    enhancing_min_t1c_z: float | None = None    # the T1c gate (None: off)
 
     @classmethod
-    def none(cls) -> "Postprocessing":
-        return cls({rule: 0.0 for rule in RULES})
+    def none(cls, enhancing_min_t1c_z: float | None = None) -> "Postprocessing":
+        """No rule; the T1c gate when given."""
+        return cls({rule: 0.0 for rule in RULES}, enhancing_min_t1c_z=enhancing_min_t1c_z)
 
 
 def remove_small(labels: np.ndarray, region: str, smallest_voxels: float, becomes: int,
@@ -137,6 +145,7 @@ def save(path: Path, pp: Postprocessing, record: dict, weights: list[dict] | Non
     """Write the file; `weights`: the fold weights it was chosen for ({"path" relative to the file's
     folder, "sha256"}), which predict.py reads when given the folder."""
     write_json(path, {"format": FORMAT, "regions": list(pp.regions), "min_mm3": pp.min_mm3,
+                      "enhancing_min_t1c_z": pp.enhancing_min_t1c_z,
                       "weights": weights or [],
                       "rules": {"WT_rel": "WT components below this fraction of the case's largest -> background",
                                 "WT": "WT components below the volume -> background",
@@ -180,4 +189,9 @@ def load(path: Path, regions: tuple[str, ...]) -> Postprocessing:
         raise UserError(f"{path}: min_mm3 must map rules {', '.join(RULES)} to volumes >= 0 (fractions "
                         f"0..1 for {', '.join(RELATIVE)}) "
                         f"(found {raw['min_mm3']}); rerun `dvc repro postprocess`")
-    return Postprocessing({rule: float(raw["min_mm3"].get(rule, 0.0)) for rule in RULES}, tuple(regions))
+    gate = raw.get("enhancing_min_t1c_z")     # absent from files written before the gate: off
+    if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float)) or not math.isfinite(gate)):
+        raise UserError(f"{path}: enhancing_min_t1c_z must be a number or null (found {gate!r}); "
+                        "rerun `dvc repro postprocess`")
+    return Postprocessing({rule: float(raw["min_mm3"].get(rule, 0.0)) for rule in RULES}, tuple(regions),
+                          None if gate is None else float(gate))

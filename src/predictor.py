@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from errors import UserError
-from inference import predict_probs, probs_to_labels
+from inference import gate_enhancing, predict_probs, probs_to_labels
 from params import EvaluateParams
 import postprocessing
 from postprocessing import Postprocessing
@@ -60,20 +60,27 @@ class Predictor:
         self.settings = settings
         self.pp = pp or Postprocessing.none()
 
-    def probs(self, image: np.ndarray | torch.Tensor, out_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    def probs(self, image: np.ndarray | torch.Tensor, out_shape: tuple[int, int, int] | None = None,
+              gated: bool = True) -> torch.Tensor:
         """Region probabilities (R, X, Y, Z) of an image prepared at the weights' spacing, resampled
-        to `out_shape` (the case's own grid) when given; the mean over the ensemble's networks."""
+        to `out_shape` (the case's own grid) when given; the mean over the ensemble's networks, with
+        (`gated`) the enhancing tumour gated by the T1c when the post-processing asks for it."""
         s = self.settings
         total = None
         for model in self.models:
             probs = predict_probs(model, image, self.spec.patch, s.overlap, s.batch, s.mirror, s.precision,
                                   out_shape=out_shape)
             total = probs if total is None else total.add_(probs)
-        return total if len(self.models) == 1 else total.div_(len(self.models))
+        total = total if len(self.models) == 1 else total.div_(len(self.models))
+        gate = self.pp.enhancing_min_t1c_z
+        return total if gate is None or not gated else gate_enhancing(total, self.spec.regions, image, gate)
 
     def labels(self, image: np.ndarray | torch.Tensor, out_shape: tuple[int, int, int],
                spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
         """The network's label map on the case's grid (`out_shape`, voxels of `spacing` mm) and the
-        same after post-processing (the same array when nothing changed)."""
-        raw = probs_to_labels(self.probs(image, out_shape))
-        return raw, postprocessing.apply(raw, self.pp, spacing)
+        same after post-processing, the T1c gate included (the same array when nothing changed)."""
+        probs = self.probs(image, out_shape, gated=False)
+        raw = probs_to_labels(probs)
+        gate = self.pp.enhancing_min_t1c_z
+        cut = raw if gate is None else probs_to_labels(gate_enhancing(probs, self.spec.regions, image, gate))
+        return raw, postprocessing.apply(cut, self.pp, spacing)

@@ -556,3 +556,54 @@ def test_gpu_script_refuses_a_bad_run_list_before_any_work(tmp_path, spec):
         f"error: SEEDS_RUNS line '{spec.splitlines()[-1]}': write one run a line as 'name: -S key=value ...', "
         "each name once (letters, digits, _ and -)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_t1c_gate_chosen_on_the_other_folds_and_scored_by_hand(tmp_path):
+    """Two cases of two patients (two folds), stored as bench/real.py leaves them: the T1c of the
+    network input is 2 on the expert's enhancing tumour and -0.5 elsewhere; the kept probabilities
+    find the enhancing tumour and as many voxels again of oedema. No gate: ET Dice 2a/(2a+a) = 2/3;
+    a gate at 0 or 0.5 removes the oedema's and gives 1, one at 3 removes all (0); each fold's
+    choice, made on the other case, is the lowest gate that gives 1, 0."""
+    from brats import MODALITIES
+    from layout import case_folder, write_case
+    oof = bench_module("oof")
+    work = tmp_path / "work"
+    pre = work / "data" / "preprocessed"
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[2:10, 2:10, 2:10] = 2                     # oedema
+    labels[4:8, 4:8, 4:8] = 1                        # necrosis
+    labels[4:8, 4:8, 4] = 3                          # an enhancing wall: 16 voxels
+    false_et = np.zeros_like(labels, bool)
+    false_et[2, 2:10, 2:4] = True                    # 16 voxels of oedema
+    image = np.zeros((4, 12, 12, 12), np.float32)
+    image[MODALITIES.index("t1c")] = -0.5
+    image[MODALITIES.index("t1c")][labels == 3] = 2.0
+    probs = np.stack([(labels > 0) * 0.9, np.isin(labels, (1, 3)) * 0.9, ((labels == 3) | false_et) * 0.9,
+                      np.zeros(labels.shape)]).astype(np.float32)
+    names = ["BraTS-GLI-00001-100", "BraTS-GLI-00002-100"]
+    for name in names:
+        write_case(case_folder(pre, name), image.astype(np.float16), labels)
+        oof.save_case(work / "probabilities" / f"{name}.npz", probs, ["WT", "TC", "ET", "RC"], labels, (1.0,) * 3)
+    (pre / "manifest.json").write_text(json.dumps({"cases": {n: {"patient": n[:15]} for n in names}}))
+    (work / "folds.json").write_text(json.dumps([[n[:15]] for n in names]))
+    out = tmp_path / "gate.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "et_gate.py"), "--work", str(work), "--out", str(out),
+                           "--gates", "0", "0.5", "3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    for name in names:
+        scores = result["per_case"][name]
+        assert scores["none"]["dice_ET"] == round(2 / 3, 4)
+        assert scores["0.0"]["dice_ET"] == scores["0.5"]["dice_ET"] == 1.0
+        assert scores["3.0"]["dice_ET"] == 0.0
+    assert result["chosen_per_fold"] == {"0": "0.0", "1": "0.0"}
+    assert result["summary"]["chosen out of fold"]["dice_ET"]["mean"] == 1.0
+    assert result["summary"]["0.0"]["dice_ET"]["change"] == round(1 - 2 / 3, 4)
+
+
+def test_t1c_gate_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "et_gate.py"), "--work", str(tmp_path),
+                           "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "bench/real.py work folder" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -105,3 +105,71 @@ def test_file_round_trip_and_bad_files(tmp_path):
         load(path, ("WT", "TC", "ET", "RC"))
     with pytest.raises(UserError, match="dvc repro postprocess"):
         load(tmp_path / "missing.json", ("WT", "TC", "ET", "RC"))
+
+
+def test_the_t1c_gate_travels_in_the_file_and_older_files_have_none(tmp_path):
+    path = tmp_path / postprocessing.FILE
+    pp = Postprocessing(rules(ET=50.0).min_mm3, enhancing_min_t1c_z=0.25)
+    save(path, pp, {"before": 0.5, "after": 0.6, "tried": {}})
+    assert load(path, ("WT", "TC", "ET", "RC")) == pp
+    raw = json.loads(path.read_text())
+    del raw["enhancing_min_t1c_z"]                 # written before the gate existed: off
+    path.write_text(json.dumps(raw))
+    assert load(path, ("WT", "TC", "ET", "RC")).enhancing_min_t1c_z is None
+    for bad in ("high", True, [0.5]):
+        path.write_text(json.dumps({**raw, "enhancing_min_t1c_z": bad}))
+        with pytest.raises(UserError, match="enhancing_min_t1c_z must be a number or null.*repro postprocess"):
+            load(path, ("WT", "TC", "ET", "RC"))
+
+
+def test_the_t1c_gate_clears_enhancing_tumour_where_the_t1c_is_not_bright():
+    """By hand, at the image's own grid and at twice its resolution (the probabilities on a case's
+    1 mm grid, the image at the 2 mm training spacing): the enhancing probability survives only over
+    the bright half of the T1c; the other regions and channels stay as they were."""
+    import torch
+    from brats import MODALITIES
+    from inference import gate_enhancing
+    regions = ("WT", "TC", "ET", "RC")
+    image = np.zeros((4, 4, 4, 4), np.float32)
+    image[MODALITIES.index("t1c"), :2] = 2.0        # bright in x < 2
+    image[MODALITIES.index("t1c"), 2:] = -1.0
+    image[MODALITIES.index("t2f")] = 5.0            # another channel, bright everywhere: not looked at
+    probs = torch.full((4, 4, 4, 4), 0.9)
+    gated = gate_enhancing(probs.clone(), regions, image, 0.0)
+    assert (gated[2, :2] == 0.9).all() and (gated[2, 2:] == 0).all()
+    assert torch.equal(gated[[0, 1, 3]], probs[[0, 1, 3]])
+    fine = gate_enhancing(torch.full((4, 8, 8, 8), 0.9), regions, image, 0.0)
+    assert (fine[2, :4] == 0.9).all() and (fine[2, 4:] == 0).all()    # the edge at the middle, as resized
+    assert gate_enhancing(probs.clone(), regions, image, 2.0)[2].eq(0).all()   # z 2 is not above 2
+    assert torch.equal(gate_enhancing(probs.clone(), ("WT", "TC"), image, 0.0), probs)   # no ET output
+
+
+def test_the_predictor_applies_the_gate_after_the_raw_map_and_before_the_rules(tmp_path):
+    """An untrained network: its raw map is the plain cut; with the gate, every enhancing voxel over
+    a T1c at -1 becomes core or whole tumour by what the other regions say, and its probabilities say
+    the same."""
+    import torch
+    from brats import MODALITIES
+    from predictor import Predictor, Settings
+    from test_editions import tiny_weights
+    weights = tiny_weights(tmp_path)
+    settings = Settings(0.5, 1, False, "fp32", False)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 16, 16, 16)).astype(np.float32)
+    image[MODALITIES.index("t1c"), 8:] = -1.0
+    plain = Predictor(weights, settings, "cpu")
+    gated = Predictor(weights, settings, "cpu", Postprocessing.none(0.0))
+    raw, _ = plain.labels(image, (16, 16, 16), SPACING)
+    raw_too, done = gated.labels(image, (16, 16, 16), SPACING)
+    assert np.array_equal(raw, raw_too)
+    assert (raw[8:] == 3).sum() > 100                 # the untrained network does paint enhancing tumour there
+    probs = plain.probs(image)
+    et = plain.spec.regions.index("ET")
+    expected = probs.clone()
+    expected[et, 8:] = 0.0
+    expected[et, :8] *= torch.as_tensor(image[MODALITIES.index("t1c"), :8] > 0)
+    assert torch.equal(gated.probs(image), expected)
+    assert torch.equal(gated.probs(image, gated=False), probs)
+    from inference import probs_to_labels
+    assert np.array_equal(done, probs_to_labels(expected))
+    assert (done[8:] != 3).all()
