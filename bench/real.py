@@ -60,6 +60,7 @@ CPU_RECIPE = {
     "train.patch": [64, 64, 64], "train.augment": "full", "train.modality_dropout": 0.0, "train.epochs": 50,
     "train.val_every": 25,
     "tune.trials": 0, "lr": 0.003, "weight_decay": 1.0e-5, "beta1": 0.9, "beta2": 0.999,
+    "postprocess.enhancing_min_t1c_z": 0.25,
 }
 QUIET = {"train.mlflow": False, "train.wandb": "disabled", "evaluate.overlays": 0}
 REGIONS = ("WT", "TC", "ET")
