@@ -72,8 +72,12 @@ class Predictor:
                                   out_shape=out_shape)
             total = probs if total is None else total.add_(probs)
         total = total if len(self.models) == 1 else total.div_(len(self.models))
+        return self._gate(total, image) if gated else total
+
+    def _gate(self, probs: torch.Tensor, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """`probs` with the T1c gate of the post-processing applied (in place), if it has one."""
         gate = self.pp.enhancing_min_t1c_z
-        return total if gate is None or not gated else gate_enhancing(total, self.spec.regions, image, gate)
+        return probs if gate is None else gate_enhancing(probs, self.spec.regions, image, gate)
 
     def labels(self, image: np.ndarray | torch.Tensor, out_shape: tuple[int, int, int],
                spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +85,5 @@ class Predictor:
         same after post-processing, the T1c gate included (the same array when nothing changed)."""
         probs = self.probs(image, out_shape, gated=False)
         raw = probs_to_labels(probs)
-        gate = self.pp.enhancing_min_t1c_z
-        cut = raw if gate is None else probs_to_labels(gate_enhancing(probs, self.spec.regions, image, gate))
+        cut = raw if self.pp.enhancing_min_t1c_z is None else probs_to_labels(self._gate(probs, image))
         return raw, postprocessing.apply(cut, self.pp, spacing)

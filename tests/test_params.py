@@ -47,6 +47,11 @@ def test_tuned_marker_or_a_number():
         load_params(ROOT / "params.yaml", {"lr": "tunde"})
 
 
+def test_the_t1c_gate_is_a_number_or_null():
+    assert load_params(ROOT / "params.yaml").postprocess.enhancing_min_t1c_z is None
+    assert load_params(ROOT / "params.yaml", {"postprocess.enhancing_min_t1c_z": 0}).postprocess.enhancing_min_t1c_z == 0.0
+
+
 def test_integer_accepted_for_float():
     p = load_params(ROOT / "params.yaml", {"weight_decay": 0})
     assert p.weight_decay == 0.0 and type(p.weight_decay) is float
@@ -72,6 +77,8 @@ def test_integer_accepted_for_float():
     ("train.folds", [], ["train.folds", "list"]),
     ("train.folds", [0, 2], ["train.folds [0, 2]", "[0, 1, ..., K-1]"]),
     ("train.folds", [1], ["train.folds [1]", "[0, 1, ..., K-1]"]),
+    ("postprocess.enhancing_min_t1c_z", "bright", ["postprocess.enhancing_min_t1c_z", "number", "null"]),
+    ("postprocess.enhancing_min_t1c_z", 50, ["postprocess.enhancing_min_t1c_z", "out of range"]),
 ])
 def test_bad_values_name_the_key(key, value, words):
     with pytest.raises(ParamsError) as e:
