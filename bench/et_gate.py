@@ -1,6 +1,7 @@
 """Must enhancing tumour enhance? The T1c gate (`postprocess.enhancing_min_t1c_z`) on a bench/real.py run's unseen cases.
 
     python bench/et_gate.py --work /tmp/brats-real --out bench/results/et_gate.json [--gates 0 0.25 ...]
+                            [--native /data/BraTS]
 
 On real scans the network paints enhancing tumour where the contrast-enhanced T1 (T1c) is no brighter
 than the rest of the head. The pipeline's gate keeps enhancing tumour only where the T1c, z-scored in
@@ -18,6 +19,11 @@ only (best mean ET Dice; the folds of WORK/folds.json), each against no gate, pa
 95 % intervals, the paired changes, the chosen gate per fold, the means per institution) and prints a
 table. No component rule is applied: the figures compare with the plain cut of bench/real.py's
 `out_of_fold_choice`.
+
+`--native DATA` (the run's --data folder) also gates each case by its T1c at its own grid: the raw scan
+prepared as the network's input is, but not resampled (src/prepare.py), so a thin enhancing rim is
+judged at 1 mm rather than by a 2 mm T1c interpolated back. Those gates are scored as `native G`, and
+each is also compared, paired, with the same gate at the network's grid (`native vs network`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from errors import UserError, run_stage  # noqa: E402
 
 GATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 NONE = "none"
+NATIVE = "native "
 
 
 def gate_labels(probs: np.ndarray, regions: tuple[str, ...], image: np.ndarray, gate: float | None) -> np.ndarray:
@@ -48,20 +55,38 @@ def gate_labels(probs: np.ndarray, regions: tuple[str, ...], image: np.ndarray, 
     return probs_to_labels(p if gate is None else gate_enhancing(p, regions, image, gate))
 
 
-def score_case(probs, regions, labels, spacing, image, gates) -> dict[str, dict[str, float]]:
+def score_case(probs, regions, labels, spacing, image, gates, native=None) -> dict[str, dict[str, float]]:
+    """ET Dice and lesion-wise Dice of one case without a gate, with each of `gates` by the network's
+    input `image`, and (when given) by `native`, the case's input on its own grid."""
     from metrics import case_scores
+    variants = [(NONE, image, None)] + [(str(g), image, g) for g in gates]
+    if native is not None:
+        variants += [(f"{NATIVE}{g}", native, g) for g in gates]
     out = {}
-    for gate in (None, *gates):
-        s = case_scores(gate_labels(probs, regions, image, gate), labels, spacing, distances=False)
-        out[NONE if gate is None else str(gate)] = {"dice_ET": round(float(s["ET"]["dice"]), 4),
-                                                    "lesionwise_dice_ET": round(float(s["ET"]["lesionwise_dice"]), 4)}
+    for key, source, gate in variants:
+        s = case_scores(gate_labels(probs, regions, source, gate), labels, spacing, distances=False)
+        out[key] = {"dice_ET": round(float(s["ET"]["dice"]), 4),
+                    "lesionwise_dice_ET": round(float(s["ET"]["lesionwise_dice"]), 4)}
     return out
 
 
+def native_input(case, shape: tuple[int, ...]) -> np.ndarray:
+    """The raw `case` (editions.Case) prepared as the network's input but kept on its own grid: its
+    shape must be the kept probabilities' `shape` (the same crop), or the data folder is not the run's."""
+    from nifti import read_case
+    from prepare import prepare
+    image = prepare(read_case(case, with_seg=False), None).image
+    if tuple(image.shape[1:]) != tuple(shape):
+        raise UserError(f"{case.name}: its scan in {case.location} is {'×'.join(map(str, image.shape[1:]))} voxels "
+                        f"after the head crop, its kept probabilities {'×'.join(map(str, shape))}: --native must "
+                        "be the folder the bench/real.py run read (--data)")
+    return image
+
+
 def choose_per_fold(per_case: dict[str, dict], fold_of: dict[str, int]) -> tuple[dict[str, str], dict[str, dict]]:
-    """For each fold, the gate (or none) with the best mean ET Dice on the other folds' cases (ties: no
-    gate, then the lowest); and every case scored with its fold's choice."""
-    keys = list(next(iter(per_case.values())))
+    """For each fold, the gate at the network's grid (or none) with the best mean ET Dice on the other
+    folds' cases (ties: no gate, then the lowest); and every case scored with its fold's choice."""
+    keys = [k for k in next(iter(per_case.values())) if not k.startswith(NATIVE)]
     chosen, scored = {}, {}
     for k in sorted(set(fold_of.values())):
         others = [n for n, f in fold_of.items() if f != k]
@@ -95,6 +120,17 @@ def summarise(per_case: dict[str, dict], chosen_scores: dict[str, dict]) -> dict
             sites.setdefault(institution(n), []).append(scores[n]["dice_ET"])
         entry["institutions_dice_ET"] = {s: round(float(np.mean(v)), 4) for s, v in sorted(sites.items())}
         out[variant] = entry
+    natives = [k[len(NATIVE):] for k in per_case[names[0]] if k.startswith(NATIVE)]
+    if natives:
+        out["native vs network"] = {}
+        for g in natives:
+            entry = {}
+            for key in ("dice_ET", "lesionwise_dice_ET"):
+                d = paired(np.array([per_case[n][g][key] for n in names]),
+                           np.array([per_case[n][NATIVE + g][key] for n in names]))
+                entry[key] = {"change": round(d.change, 4), "change_ci95": [round(x, 4) for x in d.ci],
+                              "verdict": d.verdict}
+            out["native vs network"][g] = entry
     return out
 
 
@@ -104,6 +140,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--gates", type=float, nargs="+", default=GATES,
                     help=f"T1c z-scores to gate at (default {' '.join(map(str, GATES))})")
+    ap.add_argument("--native", type=Path, metavar="DATA",
+                    help="the run's --data folder: also gate by each case's T1c on its own grid")
     args = ap.parse_args()
 
     from files import write_json
@@ -124,12 +162,22 @@ def main() -> None:
         raise UserError(f"{len(strays)} kept case(s) of {prob_dir} are not in the run's manifest or folds "
                         f"({', '.join(strays[:3])}): a work folder mixed from two runs; run bench/real.py again")
     fold_of = {n: fold_of_patient[manifest[n]["patient"]] for n in kept}
+    raw = {}
+    if args.native:
+        from editions import find_cases
+        raw = {c.name: c for c in find_cases(args.native, "--native must be the run's --data folder").cases}
+        missing = [n for n in kept if n not in raw]
+        if missing:
+            raise UserError(f"{len(missing)} kept case(s) are not in {args.native} ({', '.join(missing[:3])}): "
+                            "--native must be the folder the bench/real.py run read (--data)")
 
     per_case = {}
     for i, name in enumerate(kept, 1):
         case = oof.load_case(prob_dir / f"{name}.npz")
         image = open_case(pre_dir, name)[0].read()
-        per_case[name] = score_case(case["probs"], case["regions"], case["labels"], case["spacing"], image, args.gates)
+        native = native_input(raw[name], case["probs"].shape[1:]) if raw else None
+        per_case[name] = score_case(case["probs"], case["regions"], case["labels"], case["spacing"], image, args.gates,
+                                    native)
         print(f"[{i}/{len(kept)}] {name}: ET Dice " + " ".join(f"{g} {s['dice_ET']:.3f}"
                                                              for g, s in per_case[name].items()), flush=True)
     chosen, chosen_scores = choose_per_fold(per_case, fold_of)
@@ -140,6 +188,8 @@ def main() -> None:
     print("\n| gate (T1c z) | ET Dice (95 % interval) | change vs no gate | lesion-wise ET | change |")
     print("|---|---|---|---|---|")
     for variant, e in summary.items():
+        if variant == "native vs network":
+            continue
         d, lw = e["dice_ET"], e["lesionwise_dice_ET"]
         if variant == NONE:
             print(f"| none | {d['mean']:.3f} ({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}) | baseline | {lw['mean']:.3f} | |")
@@ -147,6 +197,11 @@ def main() -> None:
         print(f"| {variant} | {d['mean']:.3f} ({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}) | {d['change']:+.3f} "
               f"({d['change_ci95'][0]:+.3f} to {d['change_ci95'][1]:+.3f}) {d['verdict']} | {lw['mean']:.3f} | "
               f"{lw['change']:+.3f} ({lw['change_ci95'][0]:+.3f} to {lw['change_ci95'][1]:+.3f}) |")
+    for g, e in summary.get("native vs network", {}).items():
+        d, lw = e["dice_ET"], e["lesionwise_dice_ET"]
+        print(f"native vs network grid at {g}: ET Dice {d['change']:+.3f} ({d['change_ci95'][0]:+.3f} to "
+              f"{d['change_ci95'][1]:+.3f}) {d['verdict']}, lesion-wise {lw['change']:+.3f} "
+              f"({lw['change_ci95'][0]:+.3f} to {lw['change_ci95'][1]:+.3f})")
     print(f"gate chosen per fold on the other folds' cases: {chosen}")
     print(f"wrote {args.out}")
 

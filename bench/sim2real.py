@@ -17,7 +17,8 @@ the post-processing beside the weights; each case is resampled to the weights' s
 brought back to its own grid and scored there against its own labels by the evaluate stage's scorer
 (`evaluate.score_folders`: Dice, IoU, lesion-wise Dice per region), and how its whole tumour errs,
 as shares of the expert's volume: `volume_ratio_WT` (1: the expert's volume), `false_share_WT` (the
-predicted part outside the expert's) and `missed_share_WT`. The targets are checked:
+predicted part outside the expert's) and `missed_share_WT`; and where in the head the false part lies:
+`false_low_share_WT`, the share of it in the lowest third of the head's height. The targets are checked:
 mean WT Dice >= 0.75, TC Dice >= 0.65, no case's WT Dice below 0.40.
 
 Statistics, per case, for the real and the synthetic cases (median and quartiles in the output):
@@ -177,14 +178,45 @@ def statistics_of(folder: Path) -> dict[str, dict]:
     return {c.name: case_statistics(c) for c in cases}
 
 
-def whole_tumour_volumes(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def whole_tumour_volumes(pred: np.ndarray, gt: np.ndarray, low: np.ndarray | None = None) -> dict[str, float]:
     """How a prediction's whole tumour errs, as shares of the expert's: its volume (1 is the expert's),
     the part outside the expert's (false positive) and the part of the expert's it misses. A case the
-    expert marked no tumour in counts as one voxel of it, so its shares are voxel counts."""
+    expert marked no tumour in counts as one voxel of it, so its shares are voxel counts. With `low`
+    (a mask: the lowest third of the head, `lowest_third`), also the share of the false part that lies
+    there (`false_low_share_WT`; 0 without a false part)."""
     p, g = pred > 0, gt > 0
     n = max(int(g.sum()), 1)
-    return {"volume_ratio_WT": round(float(p.sum() / n), 4), "false_share_WT": round(float((p & ~g).sum() / n), 4),
-            "missed_share_WT": round(float((g & ~p).sum() / n), 4)}
+    false = p & ~g
+    out = {"volume_ratio_WT": round(float(p.sum() / n), 4), "false_share_WT": round(float(false.sum() / n), 4),
+           "missed_share_WT": round(float((g & ~p).sum() / n), 4)}
+    if low is not None:
+        out["false_low_share_WT"] = round(float((false & low).sum() / max(int(false.sum()), 1)), 4)
+    return out
+
+
+def lowest_third(head: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The voxels in the lowest third of the head's height: along the array axis nearest the
+    scanner's superior axis (from the affine; either direction), the first third of the slabs the
+    head spans from its bottom."""
+    axis = int(np.argmax(np.abs(affine[2, :3])))
+    held = np.nonzero(head.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    lo, hi = int(held.min()), int(held.max()) + 1
+    index = np.arange(head.shape[axis])
+    low = index < lo + (hi - lo) / 3 if affine[2, axis] > 0 else index >= hi - (hi - lo) / 3
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return np.broadcast_to(low.reshape(shape), head.shape)
+
+
+def heads(data: Path) -> dict:
+    """{case: the voxels non-zero in any modality} of the case folders of `data` ({} for a folder of
+    label files alone)."""
+    from errors import UserError
+    try:
+        cases = find_cases(data, "").cases
+    except UserError:
+        return {}
+    return {c.name: read_case(c, with_seg=False).images.any(axis=0) for c in cases}
 
 
 def cutoff_dice(probs_file: Path, gt: np.ndarray, cutoffs: tuple[float, ...]) -> dict[str, dict[str, float]]:
@@ -289,9 +321,11 @@ def score(data: Path, weights: Path, work: Path, params: Path, cutoffs: tuple[fl
     per_case = {case: {f"{k}_{r}": round(float(s[r][k]), 4) for r in ("WT", "TC", "ET", "SNFH", "NETC")
                        for k in ("dice", "iou", "lesionwise_dice")} for case, s in scored["cases"].items()}
     at_cutoffs = {}
+    head = heads(data)
     for case, (gt_path, edition) in evaluate.ground_truths(data).items():
-        gt = evaluate.load_labels(gt_path, case, edition)[0]
-        per_case[case].update(whole_tumour_volumes(evaluate.load_labels(pred / f"{case}.nii.gz", case)[0], gt))
+        gt, affine = evaluate.load_labels(gt_path, case, edition)
+        low = lowest_third(head[case], affine) if case in head else None
+        per_case[case].update(whole_tumour_volumes(evaluate.load_labels(pred / f"{case}.nii.gz", case)[0], gt, low))
         if cutoffs:
             at_cutoffs[case] = cutoff_dice(pred / f"{case}.probs.npz", gt, cutoffs)
     summary = summarise_scores(per_case)    # means, 95 % intervals over cases, per-institution means
@@ -427,7 +461,8 @@ def seeds(args: argparse.Namespace) -> dict:
 def institution_line(site: str, f: dict) -> str:
     """One institution's means: Dice per region and how its whole tumours err."""
     return (f"  {site} ({f['cases']} cases): WT Dice {f['dice_WT']:.3f}, TC {f['dice_TC']:.3f}, ET {f['dice_ET']:.3f}; "
-            f"WT volume {f['volume_ratio_WT']:.2f} x the expert's, {f['false_share_WT']:.2f} of it outside")
+            f"WT volume {f['volume_ratio_WT']:.2f} x the expert's, {f['false_share_WT']:.2f} of it outside"
+            + (f" ({f['false_low_share_WT']:.2f} of that in the lowest third of the head)" if "false_low_share_WT" in f else ""))
 
 
 def plot(real_cases: dict[str, dict], synthetic: dict[str, dict], path: Path) -> None:

@@ -149,6 +149,7 @@ def test_sim2real_scores_a_model_on_labelled_cases_and_compares_statistics(tmp_p
     # the volume shares: P/G = 1 - missed + false for every case, and one case counted by hand from its files
     for c in result["score"]["per_case"].values():
         assert c["volume_ratio_WT"] == pytest.approx(1 - c["missed_share_WT"] + c["false_share_WT"], abs=2e-4)
+        assert 0 <= c["false_low_share_WT"] <= 1
     import nibabel as nib
     first = names[0]
     pred = np.asanyarray(nib.load(tmp_path / "work" / "predictions" / f"{first}.nii.gz").dataobj) > 0
@@ -176,6 +177,29 @@ def test_whole_tumour_volumes_by_hand():
     assert sim2real.whole_tumour_volumes(pred, gt) == {"volume_ratio_WT": 1.5, "false_share_WT": 0.9,
                                                       "missed_share_WT": 0.4}
     assert sim2real.whole_tumour_volumes(pred, np.zeros_like(gt))["volume_ratio_WT"] == 15.0
+
+
+def test_false_whole_tumour_in_the_lowest_third_of_the_head_by_hand():
+    """A head spanning slabs 1-6 of 8 along the superior axis (its lowest third: slabs 1-2); false
+    tumour: 4 voxels in slab 1, 4 in slab 5, so half of it is low. With the superior axis reversed in
+    the affine the lowest third is slabs 5-6, and with the array axes swapped it follows the axis."""
+    sim2real = bench_module("sim2real")
+    head = np.zeros((4, 4, 8), bool)
+    head[:, :, 1:7] = True
+    gt, pred = np.zeros((4, 4, 8), np.uint8), np.zeros((4, 4, 8), np.uint8)
+    gt[0, 0, 3] = 2
+    pred[0, 0, 3] = 2
+    pred[2:4, 2:4, 1] = 1
+    pred[2:4, 2:4, 5] = 2
+    low = sim2real.lowest_third(head, np.eye(4))
+    assert low[0, 0].tolist() == [True, True, True, False, False, False, False, False]   # below 1 + 6/3
+    assert sim2real.whole_tumour_volumes(pred, gt, low)["false_low_share_WT"] == 0.5
+    flipped = np.diag([1.0, 1.0, -1.0, 1.0])
+    assert sim2real.lowest_third(head, flipped)[0, 0].tolist() == [False] * 5 + [True] * 3        # from 7 - 6/3 up
+    swapped = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)     # array axis 0 is up
+    assert sim2real.lowest_third(head.transpose(2, 1, 0), swapped)[:, 0, 0].tolist() == low[0, 0].tolist()
+    assert sim2real.whole_tumour_volumes(gt, gt, low)["false_low_share_WT"] == 0.0           # nothing false
+    assert "false_low_share_WT" not in sim2real.whole_tumour_volumes(pred, gt)
 
 
 def test_sim2real_missing_weights_is_one_line(tmp_path, small_case):
@@ -558,12 +582,14 @@ def test_gpu_script_refuses_a_bad_run_list_before_any_work(tmp_path, spec):
     assert not (tmp_path / "out").exists()
 
 
-def test_t1c_gate_chosen_on_the_other_folds_and_scored_by_hand(tmp_path):
-    """Two cases of two patients (two folds), stored as bench/real.py leaves them: the T1c of the
-    network input is 2 on the expert's enhancing tumour and -0.5 elsewhere; the kept probabilities
-    find the enhancing tumour and as many voxels again of oedema. No gate: ET Dice 2a/(2a+a) = 2/3;
-    a gate at 0 or 0.5 removes the oedema's and gives 1, one at 3 removes all (0); each fold's
-    choice, made on the other case, is the lowest gate that gives 1, 0."""
+GATE_CASES = ["BraTS-GLI-00001-100", "BraTS-GLI-00002-100"]
+
+
+def gate_run(tmp_path, bright_false_et: bool = False):
+    """Two cases of two patients (two folds), stored as bench/real.py leaves them: the expert's
+    enhancing wall (16 voxels) is 2 on the T1c of the network input, the rest -0.5 (or 2 on the oedema
+    the probabilities call enhancing too, with `bright_false_et`); the kept probabilities find the
+    wall and as many voxels again of oedema. Returns the work folder, the labels and that false ET."""
     from brats import MODALITIES
     from layout import case_folder, write_case
     oof = bench_module("oof")
@@ -577,21 +603,31 @@ def test_t1c_gate_chosen_on_the_other_folds_and_scored_by_hand(tmp_path):
     false_et[2, 2:10, 2:4] = True                    # 16 voxels of oedema
     image = np.zeros((4, 12, 12, 12), np.float32)
     image[MODALITIES.index("t1c")] = -0.5
-    image[MODALITIES.index("t1c")][labels == 3] = 2.0
+    image[MODALITIES.index("t1c")][(labels == 3) | (false_et & bright_false_et)] = 2.0
     probs = np.stack([(labels > 0) * 0.9, np.isin(labels, (1, 3)) * 0.9, ((labels == 3) | false_et) * 0.9,
                       np.zeros(labels.shape)]).astype(np.float32)
-    names = ["BraTS-GLI-00001-100", "BraTS-GLI-00002-100"]
-    for name in names:
+    for name in GATE_CASES:
         write_case(case_folder(pre, name), image.astype(np.float16), labels)
         oof.save_case(work / "probabilities" / f"{name}.npz", probs, ["WT", "TC", "ET", "RC"], labels, (1.0,) * 3)
-    (pre / "manifest.json").write_text(json.dumps({"cases": {n: {"patient": n[:15]} for n in names}}))
-    (work / "folds.json").write_text(json.dumps([[n[:15]] for n in names]))
+    (pre / "manifest.json").write_text(json.dumps({"cases": {n: {"patient": n[:15]} for n in GATE_CASES}}))
+    (work / "folds.json").write_text(json.dumps([[n[:15]] for n in GATE_CASES]))
+    return work, labels, false_et
+
+
+def run_gate(work, out, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "et_gate.py"), "--work", str(work), "--out", str(out),
+                           "--gates", "0", "0.5", "3", *extra], capture_output=True, text=True)
+
+
+def test_t1c_gate_chosen_on_the_other_folds_and_scored_by_hand(tmp_path):
+    """No gate: ET Dice 2a/(2a+a) = 2/3; a gate at 0 or 0.5 removes the oedema's and gives 1, one at 3
+    removes all (0); each fold's choice, made on the other case, is the lowest gate that gives 1, 0."""
+    work, _, _ = gate_run(tmp_path)
     out = tmp_path / "gate.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "et_gate.py"), "--work", str(work), "--out", str(out),
-                           "--gates", "0", "0.5", "3"], capture_output=True, text=True)
+    done = run_gate(work, out)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    for name in names:
+    for name in GATE_CASES:
         scores = result["per_case"][name]
         assert scores["none"]["dice_ET"] == round(2 / 3, 4)
         assert scores["0.0"]["dice_ET"] == scores["0.5"]["dice_ET"] == 1.0
@@ -599,6 +635,65 @@ def test_t1c_gate_chosen_on_the_other_folds_and_scored_by_hand(tmp_path):
     assert result["chosen_per_fold"] == {"0": "0.0", "1": "0.0"}
     assert result["summary"]["chosen out of fold"]["dice_ET"]["mean"] == 1.0
     assert result["summary"]["0.0"]["dice_ET"]["change"] == round(1 - 2 / 3, 4)
+    assert "native vs network" not in result["summary"]
+
+
+def write_raw_gate_cases(folder, labels, t1c):
+    """The raw scans of GATE_CASES at 1 mm: every modality 1 in the whole grid (the head fills it, so
+    the crop is the kept probabilities' grid), the T1c given."""
+    from brats import MODALITIES
+    from helpers import write_case as write_raw
+    images = np.ones((4, *labels.shape), np.float32)
+    images[MODALITIES.index("t1c")] = t1c
+    for name in GATE_CASES:
+        write_raw(folder, name, images, labels, np.eye(4))
+
+
+def test_t1c_gate_on_the_native_grid_scored_by_hand(tmp_path):
+    """The network's input calls the false enhancing oedema bright (2), so a gate there keeps it (ET
+    Dice 2/3 at 0 and 0.5, 0 at 3); the raw T1c is 10 on the expert's wall and 1 elsewhere, whose
+    z-scores in the head are (10 - m)/sd = 10.3 and (1 - m)/sd = -0.10 (m = 1 + 9·16/1728, sd =
+    9·sqrt(p(1 - p)), p = 16/1728): the native gate keeps the wall alone at 0, 0.5 and 3 (Dice 1),
+    +1/3 over the network's grid at 0 and 0.5 and +1 at 3."""
+    work, labels, _ = gate_run(tmp_path, bright_false_et=True)
+    write_raw_gate_cases(tmp_path / "raw", labels, np.where(labels == 3, 10.0, 1.0))
+    out = tmp_path / "gate.json"
+    done = run_gate(work, out, "--native", str(tmp_path / "raw"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    for name in GATE_CASES:
+        scores = result["per_case"][name]
+        assert scores["0.0"]["dice_ET"] == scores["0.5"]["dice_ET"] == round(2 / 3, 4)
+        assert scores["3.0"]["dice_ET"] == 0.0
+        assert scores["native 0.0"]["dice_ET"] == scores["native 0.5"]["dice_ET"] == scores["native 3.0"]["dice_ET"] == 1.0
+    versus = result["summary"]["native vs network"]
+    assert versus["0.0"]["dice_ET"]["change"] == versus["0.5"]["dice_ET"]["change"] == round(1 - 2 / 3, 4)
+    assert versus["3.0"]["dice_ET"]["change"] == 1.0
+    assert result["chosen_per_fold"] == {"0": "none", "1": "none"}      # the network grid's gates only
+
+
+def test_t1c_gate_on_the_native_grid_refuses_another_folder(tmp_path):
+    """A --native folder without the run's cases, or whose scans crop to another grid: one line naming
+    the case and the option, nothing written."""
+    work, labels, _ = gate_run(tmp_path)
+    out = tmp_path / "gate.json"
+    write_raw_gate_cases(tmp_path / "raw", labels, np.where(labels == 3, 10.0, 1.0))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "raw" / GATE_CASES[1]).rename(tmp_path / "other" / GATE_CASES[1])
+    done = run_gate(work, out, "--native", str(tmp_path / "raw"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"1 kept case(s) are not in {tmp_path / 'raw'} ({GATE_CASES[1]})" in done.stderr
+    small = np.pad(labels[1:, 1:, 1:], ((0, 1), (0, 1), (0, 1)))          # same file size, another head crop
+    from helpers import write_case as write_raw
+    from brats import MODALITIES
+    images = np.ones((4, *labels.shape), np.float32)
+    images[:, -1] = 0.0                                                    # one slab outside the head
+    for name in GATE_CASES:
+        write_raw(tmp_path / "cropped", name, images, small, np.eye(4))
+    done = run_gate(work, out, "--native", str(tmp_path / "cropped"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "its kept probabilities 12×12×12: --native must be the folder the bench/real.py run read" in done.stderr
+    assert not out.exists()
 
 
 def test_t1c_gate_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
